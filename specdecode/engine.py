@@ -1,0 +1,255 @@
+"""The loop: propose K tokens -> verify them in one target pass -> accept -> commit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from specdecode.acceptance import accept_greedy, accept_sampled
+from specdecode.kv import CachedModel
+from specdecode.loading import (
+    IncompatibleModelsError,
+    check_same_tokenizer,
+    context_length,
+    eos_token_ids,
+    first_layers,
+    load_model,
+    load_tokenizer,
+    logit_width,
+)
+from specdecode.output import OutputTracker
+from specdecode.proposers import DraftModelProposer, Proposal, Proposer
+from specdecode.sampling import SamplingParams, check_finite, logits_to_probs
+from specdecode.stats import DecodeStats
+
+Prompt = str | Sequence[int] | Sequence[dict]
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # the new tokens only (an EOS that ended generation included)
+    finish_reason: str  # "stop" | "length"
+    stats: DecodeStats
+
+
+@dataclass
+class StreamChunk:
+    text: str  # new text since the previous chunk
+    token_ids: list[int]  # tokens accepted in this step
+    finish_reason: str | None  # set on the last chunk
+    stats: DecodeStats
+
+
+class SpeculativeDecoder:
+    """Exact speculative decoding: the output is the target's, token for token when greedy,
+    in distribution when sampling. Not thread-safe: one generation at a time per instance."""
+
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        draft: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        draft_tokenizer: PreTrainedTokenizerBase | None = None,
+        proposer: Proposer | None = None,
+    ) -> None:
+        if tokenizer is None:
+            raise ValueError("a tokenizer is required (the target's)")
+        if draft_tokenizer is not None:
+            check_same_tokenizer(tokenizer, draft_tokenizer)
+        self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+        for who, model in (("target", target), ("draft", draft)):
+            if model is not None and logit_width(model) < self.vocab_size:
+                raise IncompatibleModelsError(
+                    f"the {who} produces {logit_width(model)} logits per position but the tokenizer "
+                    f"has {self.vocab_size} tokens: they do not belong together"
+                )
+        if draft is not None and draft.device != target.device:
+            raise IncompatibleModelsError(
+                f"draft and target are on different devices ({draft.device} vs {target.device}); "
+                "move both to one device"
+            )
+        self.target = CachedModel(target, self.vocab_size)
+        self.proposer = proposer or (
+            DraftModelProposer(draft, self.vocab_size) if draft is not None else None
+        )
+        self.eos_ids = eos_token_ids(target, tokenizer)
+        lengths = [n for n in (context_length(target), draft and context_length(draft)) if n]
+        self.max_context = min(lengths) if lengths else None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        target: str,
+        draft: str | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        draft_dtype: str | torch.dtype | None = None,
+        draft_layers: int | None = None,
+        device: str = "cpu",
+    ) -> SpeculativeDecoder:
+        """Load from hub ids, local folders or .gguf files.
+
+        `draft_layers=N` (instead of `draft`) makes the draft from the target's first N layers.
+        """
+        target_model = load_model(target, dtype, device)
+        tokenizer = load_tokenizer(target)
+        if draft is not None and draft_layers is not None:
+            raise ValueError("pass either a draft model or draft_layers, not both")
+        if draft_layers is not None:
+            return cls(target_model, first_layers(target_model, draft_layers), tokenizer)
+        if draft is None:
+            return cls(target_model, None, tokenizer)
+        draft_model = load_model(draft, draft_dtype or dtype, device)
+        return cls(target_model, draft_model, tokenizer, draft_tokenizer=load_tokenizer(draft))
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """A string, token ids, or a chat ([{"role", "content"}]) -> prompt token ids."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("the prompt is empty")
+            ids = self.tokenizer.encode(prompt)
+        elif len(prompt) and all(isinstance(m, dict) for m in prompt):
+            text = self.tokenizer.apply_chat_template(
+                list(prompt), tokenize=False, add_generation_prompt=True
+            )
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        else:
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return ids
+
+    def generate(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 128,
+        num_speculative_tokens: int = 4,
+        sampling: SamplingParams | None = None,
+        ignore_eos: bool = False,
+    ) -> GenerationResult:
+        """Generate up to `max_new_tokens`; `num_speculative_tokens=0` is plain target decoding."""
+        *_, (_, output, stats) = self._run(
+            prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos
+        )
+        return GenerationResult(output.text, output.token_ids, output.finish_reason, stats)
+
+    def stream(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int = 128,
+        num_speculative_tokens: int = 4,
+        sampling: SamplingParams | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[StreamChunk]:
+        """Like `generate`, yielding the text as it is accepted, one chunk per target pass."""
+        for accepted, output, stats in self._run(
+            prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos
+        ):
+            yield StreamChunk(output.delta(), accepted, output.finish_reason, stats)
+
+    def _run(
+        self,
+        prompt: Prompt,
+        max_new_tokens: int,
+        k: int,
+        sampling: SamplingParams | None,
+        ignore_eos: bool,
+    ) -> Iterator[tuple[list[int], OutputTracker, DecodeStats]]:
+        """Validate, then run `_decode`, keeping the statistics current after every pass."""
+        sampling = sampling or SamplingParams()
+        prompt_ids = self.encode(prompt)
+        self._check_request(len(prompt_ids), max_new_tokens, k)
+        output = OutputTracker(
+            self.tokenizer, () if ignore_eos else self.eos_ids, sampling.stop, max_new_tokens
+        )
+        stats = DecodeStats(prompt_tokens=len(prompt_ids))
+        target_s0, draft_s0, draft_passes0 = self.target.forward_s, *self._draft_counters()
+        start = time.perf_counter()
+        for accepted in self._decode(prompt_ids, k, sampling, output, stats):
+            draft_s, draft_passes = self._draft_counters()
+            stats.new_tokens = len(output)
+            stats.wall_s = time.perf_counter() - start
+            stats.first_token_s = stats.first_token_s or stats.wall_s
+            stats.target_s = self.target.forward_s - target_s0
+            stats.draft_s = draft_s - draft_s0
+            stats.draft_passes = draft_passes - draft_passes0
+            yield accepted, output, stats
+
+    # -- the algorithm ------------------------------------------------------------------------
+
+    def _decode(
+        self,
+        prompt_ids: list[int],
+        k: int,
+        sampling: SamplingParams,
+        output: OutputTracker,
+        stats: DecodeStats,
+    ) -> Iterator[list[int]]:
+        """Speculative decoding; yields the tokens committed by each target pass."""
+        generator = self._generator(sampling.seed)
+        target_warp, draft_warp = sampling.target_warp(), sampling.draft_warp()
+        tokens = list(prompt_ids)
+        while not output.finished:
+            # 1. propose: at most as many guesses as can still be emitted after this pass
+            k_step = min(k, output.max_new_tokens - len(output) - 1)
+            guess = (
+                self.proposer.propose(tokens, k_step, draft_warp, generator) if k_step else Proposal([], None)
+            )
+            # 2. verify: one target pass over the uncached tokens and the K guesses -> [K+1, V]
+            logits = self.target.next_logits(tokens, guess.tokens)
+            check_finite(logits, "target model")
+            # 3. accept a prefix of the guesses and draw the token after it
+            guessed = torch.tensor(guess.tokens, dtype=torch.long, device=logits.device)
+            if sampling.greedy:
+                n, next_token = accept_greedy(guessed, logits)
+            else:
+                probs = logits_to_probs(logits, target_warp)
+                n, next_token = accept_sampled(guessed, guess.probs, probs, generator)
+            stats.record_step(len(guess), n)
+            # 4. commit, one token at a time, so nothing past a stop is emitted
+            committed = []
+            for token in [*guess.tokens[:n], next_token]:
+                tokens.append(token)
+                committed.append(token)
+                if output.append(token):
+                    break
+            yield committed
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _check_request(self, prompt_len: int, max_new_tokens: int, k: int) -> None:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"num_speculative_tokens must be an integer >= 0, got {k!r}")
+        if k > 0 and self.proposer is None:
+            raise ValueError("num_speculative_tokens > 0 needs a draft model (or another proposer)")
+        if self.max_context is not None and prompt_len + max_new_tokens > self.max_context:
+            raise ValueError(
+                f"the prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
+                f"the context length of {self.max_context} tokens"
+            )
+
+    def _draft_counters(self) -> tuple[float, int]:
+        """(seconds in proposer passes, proposer passes) so far."""
+        return (self.proposer.forward_s, self.proposer.passes) if self.proposer else (0.0, 0)
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        generator = torch.Generator(device=self.target.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator

@@ -1,0 +1,45 @@
+"""Guesses from a small draft model run autoregressively with its own KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from specdecode.kv import CachedModel
+from specdecode.proposers.base import Proposal
+from specdecode.sampling import Warp, check_finite, logits_to_probs, sample
+
+
+class DraftModelProposer:
+    """K draft passes of one token each; the K-th guess is never fed back (saves a pass)."""
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
+        self.draft = CachedModel(model, vocab_size)
+
+    @property
+    def forward_s(self) -> float:
+        return self.draft.forward_s
+
+    @property
+    def passes(self) -> int:
+        return self.draft.passes
+
+    def propose(
+        self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None
+    ) -> Proposal:
+        guesses: list[int] = []
+        dists: list[torch.Tensor] = []
+        logits = self.draft.next_logits(tokens)[-1]  # [V]
+        for i in range(k):
+            check_finite(logits, "draft model")
+            if warp.greedy:
+                guesses.append(int(logits.argmax()))
+            else:
+                probs = logits_to_probs(logits, warp)
+                guesses.append(int(sample(probs, generator)))
+                dists.append(probs)
+            if i + 1 < k:
+                logits = self.draft.forward(guesses[-1:], num_logits=1)[-1]
+        return Proposal(guesses, torch.stack(dists) if dists else None)

@@ -1,0 +1,92 @@
+"""Speculative sampling through the whole engine has exactly the target's distribution.
+
+On a 6-token vocabulary the target's distribution over all 6^3 three-token continuations is
+enumerated exactly; N speculative samples (seeds 0..N-1, fixed) are compared to it by a Pearson
+chi-square test at a false-alarm rate of 1e-3. A wrong acceptance rule must fail the same test.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from test_acceptance import wrong_accept
+from tiny_models import chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
+
+import specdecode.engine
+from specdecode import SamplingParams, SpeculativeDecoder
+from specdecode.sampling import logits_to_probs
+
+ALPHA = 1e-3
+N = 1500
+PROMPT = [1, 3, 4, 5]
+NEW = 3
+TOKENIZER = make_tokenizer(list("abc"))
+V = len(TOKENIZER)  # 6
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = make_model("llama", V, seed=0, layers=2, init_range=0.2)
+    return target, make_model("llama", V, seed=1, layers=1, init_range=0.2), perturbed_copy(target, 0.1, 2)
+
+
+@torch.no_grad()
+def exact_distribution(model, params: SamplingParams) -> np.ndarray:
+    """P(continuation) for every continuation in itertools.product order: [V**NEW]."""
+    warp = params.target_warp()
+    out = []
+    for seq in itertools.product(range(V), repeat=NEW):
+        ids = torch.tensor([PROMPT + list(seq)])
+        probs = logits_to_probs(model(ids).logits[0, len(PROMPT) - 1 : -1], warp)  # [NEW, V]
+        out.append(float(probs[torch.arange(NEW), torch.tensor(seq)].prod()))
+    return np.array(out)
+
+
+def sampled_counts(decoder, params: SamplingParams, k: int) -> np.ndarray:
+    counts = np.zeros(V**NEW)
+    for seed in range(N):
+        run = SamplingParams(**{**params.__dict__, "seed": seed})
+        ids = decoder.generate(
+            PROMPT, max_new_tokens=NEW, num_speculative_tokens=k, sampling=run, ignore_eos=True
+        )
+        counts[np.ravel_multi_index(ids.token_ids, (V,) * NEW)] += 1
+    return counts
+
+
+CASES = {
+    "plain, unrelated draft": (SamplingParams(temperature=1.0), 1, 2),
+    "top-k + top-p, close draft": (SamplingParams(temperature=0.8, top_k=4, top_p=0.9), 2, 3),
+    "hotter top-k draft": (SamplingParams(temperature=1.0, draft_temperature=1.8, draft_top_k=3), 1, 2),
+    "greedy draft, sampled target": (
+        SamplingParams(temperature=0.7, min_p=0.05, draft_temperature=0.0),
+        2,
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_distribution_is_the_targets(models, case):
+    params, draft_index, k = CASES[case]
+    target = models[0]
+    decoder = SpeculativeDecoder(target, models[draft_index], TOKENIZER)
+    counts = sampled_counts(decoder, params, k)
+    assert chi_square_pvalue(counts, exact_distribution(target, params)) > ALPHA
+
+
+def test_wrong_acceptance_rule_is_caught(models, monkeypatch):
+    monkeypatch.setattr(specdecode.engine, "accept_sampled", wrong_accept)
+    params, draft_index, k = CASES["plain, unrelated draft"]
+    decoder = SpeculativeDecoder(models[0], models[draft_index], TOKENIZER)
+    counts = sampled_counts(decoder, params, k)
+    assert chi_square_pvalue(counts, exact_distribution(models[0], params)) < ALPHA
+
+
+def test_same_seed_same_output(models):
+    decoder = SpeculativeDecoder(models[0], models[1], TOKENIZER)
+    params = SamplingParams(temperature=1.0, seed=7)
+    runs = [decoder.generate(PROMPT, 20, 3, params, ignore_eos=True).token_ids for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = decoder.generate(PROMPT, 20, 3, SamplingParams(temperature=1.0, seed=8), ignore_eos=True)
+    assert other.token_ids != runs[0]
