@@ -111,6 +111,12 @@ class SpeculativeDecoder:
 
     # -- public API ---------------------------------------------------------------------------
 
+    def reset(self) -> None:
+        """Drop the KV caches. Between calls they are kept, so a shared prompt prefix is reused."""
+        self.target.rollback(0)
+        if self.proposer is not None:
+            self.proposer.reset()
+
     def encode(self, prompt: Prompt) -> list[int]:
         """A string, token ids, or a chat ([{"role", "content"}]) -> prompt token ids."""
         if isinstance(prompt, str):

@@ -17,6 +17,7 @@ class DecodeStats:
     new_tokens: int = 0
     drafted: int = 0
     accepted: int = 0
+    rejections: int = 0  # passes where a guess was rejected
     target_passes: int = 0
     draft_passes: int = 0
     drafted_at: list[int] = field(default_factory=list)  # [position] guesses made there
@@ -31,6 +32,7 @@ class DecodeStats:
         self.target_passes += 1
         self.drafted += guessed
         self.accepted += accepted
+        self.rejections += accepted < guessed
         grow = guessed - len(self.drafted_at)
         if grow > 0:
             self.drafted_at += [0] * grow
@@ -42,6 +44,13 @@ class DecodeStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def token_acceptance(self) -> float:
+        """Estimated chance that one guess is accepted given all before it were: the alpha of the
+        guide's formulas (guesses after a rejection are never examined, so they are not counted)."""
+        examined = self.accepted + self.rejections
+        return self.accepted / examined if examined else 0.0
 
     @property
     def mean_acceptance_length(self) -> float:
@@ -68,6 +77,7 @@ class DecodeStats:
         out = asdict(self)
         for name in (
             "acceptance_rate",
+            "token_acceptance",
             "mean_acceptance_length",
             "per_position_acceptance",
             "tokens_per_s",

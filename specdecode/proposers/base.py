@@ -29,6 +29,10 @@ class Proposer(Protocol):
         self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None
     ) -> Proposal: ...
 
+    def reset(self) -> None:
+        """Forget all cached state."""
+        ...
+
     @property
     def forward_s(self) -> float:
         """Seconds spent in model passes so far (0 for proposers without a model)."""

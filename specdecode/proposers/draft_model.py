@@ -18,6 +18,9 @@ class DraftModelProposer:
     def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
         self.draft = CachedModel(model, vocab_size)
 
+    def reset(self) -> None:
+        self.draft.rollback(0)
+
     @property
     def forward_s(self) -> float:
         return self.draft.forward_s

@@ -1,0 +1,130 @@
+"""`specdecode check`: measure what a target/draft pair costs on this machine and which K to use."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from specdecode.engine import SpeculativeDecoder
+from specdecode.policy import best_k, expected_speedup
+from specdecode.stats import DecodeStats
+
+BUILTIN_PROMPTS = (
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    'import json\n\ndef load_config(path):\n    """Read a JSON config file and return a dict."""\n',
+    "The three most important ideas in computer science are",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+)
+
+
+@dataclass
+class CheckReport:
+    target_ms: float  # one target pass over one token
+    draft_ms: float  # one draft pass over one token
+    verify_ms: dict[int, float]  # n -> one target pass over n tokens
+    acceptance_rate: float  # accepted / drafted (vLLM's definition)
+    token_acceptance: float  # alpha for the formulas
+    mean_acceptance_length: float
+    recommended_k: int
+    expected_speedup: float
+    speedup_by_k: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self) -> str:
+        n_max = max(self.verify_ms)
+        lines = [
+            f"target: {self.target_ms:.1f} ms per token; draft: {self.draft_ms:.1f} ms per token "
+            f"(cost ratio {self.draft_ms / self.target_ms:.2f})",
+            "verify cost, one target pass over n tokens (relative to n = 1):",
+            "  n    " + " ".join(f"{n:>6}" for n in range(1, n_max + 1)),
+            "  ms   " + " ".join(f"{self.verify_ms[n]:6.0f}" for n in range(1, n_max + 1)),
+            "  x    "
+            + " ".join(f"{self.verify_ms[n] / self.verify_ms[1]:6.2f}" for n in range(1, n_max + 1)),
+            f"acceptance on built-in prompts (greedy): {self.acceptance_rate:.1%} of guesses, "
+            f"alpha = {self.token_acceptance:.2f}, mean acceptance length {self.mean_acceptance_length:.2f}",
+            "expected speedup by K: " + ", ".join(f"K={k} {s:.2f}x" for k, s in self.speedup_by_k.items()),
+            f"recommended: --num-speculative-tokens {self.recommended_k} "
+            f"(expected {self.expected_speedup:.2f}x over target-only decoding)",
+        ]
+        return "\n".join(lines)
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def verify_cost_curve(
+    dec: SpeculativeDecoder, context: list[int], n_max: int, repeats: int = 3
+) -> dict[int, float]:
+    """Milliseconds for one target pass over n new tokens after `context`, n = 1..n_max (median)."""
+    target = dec.target
+    target.sync(context, keep_at_most=len(context))
+    target.forward(context[len(target) :], num_logits=1)  # prefill
+    curve = {}
+    for n in range(1, n_max + 1):
+        extra = context[-n:] if n <= len(context) else (context * n)[:n]
+
+        def one_pass(extra=extra, n=n):
+            target.forward(extra, num_logits=n)  # logits for every position, as verification needs
+            target.rollback(len(context))
+
+        curve[n] = _median_ms(one_pass, repeats)
+    return curve
+
+
+def draft_cost_ms(dec: SpeculativeDecoder, context: list[int], repeats: int = 5) -> float:
+    draft = dec.proposer.draft
+    draft.sync(context, keep_at_most=len(context) - 1)
+    if len(draft) < len(context) - 1:
+        draft.forward(context[len(draft) : -1], num_logits=1)  # prefill
+
+    def one_pass():
+        draft.forward(context[-1:], num_logits=1)
+        draft.rollback(len(context) - 1)
+
+    return _median_ms(one_pass, repeats)
+
+
+def run_check(
+    dec: SpeculativeDecoder, k_max: int = 8, new_tokens: int = 32, progress=sys.stderr
+) -> CheckReport:
+    """Measure costs and acceptance, then pick the K with the best expected speedup."""
+    if dec.proposer is None or not hasattr(dec.proposer, "draft"):
+        raise ValueError("check needs a draft model")
+    context = (dec.encode(BUILTIN_PROMPTS[0]) * 8)[:96]
+    print("measuring the target's verify-cost curve ...", file=progress, flush=True)
+    curve = verify_cost_curve(dec, context, k_max + 1)
+    print("measuring the draft's cost ...", file=progress, flush=True)
+    draft_ms = draft_cost_ms(dec, context)
+    total = DecodeStats()
+    for i, prompt in enumerate(BUILTIN_PROMPTS):
+        print(f"measuring acceptance: prompt {i + 1}/{len(BUILTIN_PROMPTS)} ...", file=progress, flush=True)
+        stats = dec.generate(prompt, new_tokens, num_speculative_tokens=min(4, k_max), ignore_eos=True).stats
+        total.accepted += stats.accepted
+        total.drafted += stats.drafted
+        total.rejections += stats.rejections
+        total.target_passes += stats.target_passes
+    dec.reset()
+    alpha = total.token_acceptance
+    draft_cost = draft_ms / curve[1]
+    k, speedup = best_k(alpha, draft_cost, curve)
+    return CheckReport(
+        target_ms=curve[1],
+        draft_ms=draft_ms,
+        verify_ms=curve,
+        acceptance_rate=total.acceptance_rate,
+        token_acceptance=alpha,
+        mean_acceptance_length=total.mean_acceptance_length,
+        recommended_k=k,
+        expected_speedup=speedup,
+        speedup_by_k={k: expected_speedup(alpha, k, draft_cost, curve) for k in range(0, k_max + 1)},
+    )

@@ -1,0 +1,195 @@
+"""`specdecode generate | check`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from specdecode.engine import SpeculativeDecoder
+from specdecode.loading import DTYPES, IncompatibleModelsError, ModelLoadError
+from specdecode.sampling import NonFiniteLogitsError, SamplingParams
+
+EXAMPLES = """examples:
+  specdecode generate --target Qwen/Qwen2.5-Coder-1.5B-Instruct --draft Qwen/Qwen2.5-Coder-0.5B-Instruct \\
+      --prompt "def quicksort(arr):" -k 4 --max-new-tokens 128 --compare-baseline
+  specdecode generate --target ./models/target --draft-layers 8 --prompt-file prompt.txt --stream
+  echo "Explain KV caches" | specdecode generate --target ./t --draft ./d --chat --temperature 0.7 --seed 1
+  specdecode check --target ./models/target --draft ./models/draft
+"""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="hub id, local folder or .gguf file")
+    p.add_argument("--draft", "--draft-model", help="hub id, local folder or .gguf file of the draft")
+    p.add_argument("--draft-layers", type=int, help="use the target's first N layers as the draft")
+    p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: as stored)")
+    p.add_argument("--draft-dtype", choices=list(DTYPES), help="draft weights dtype (default: --dtype)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specdecode",
+        description="Exact speculative decoding: a draft guesses, the target checks, the output is its own.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate text",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(gen)
+    src = gen.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="prompt text (default: read standard input)")
+    src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
+    gen.add_argument(
+        "--chat", action="store_true", help="send the prompt as a user message via the chat template"
+    )
+    gen.add_argument(
+        "-k", "--num-speculative-tokens", type=int, default=4, help="guesses per step (0: plain)"
+    )
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--draft-temperature", type=float, help="warp the draft only (speed, not output)")
+    gen.add_argument("--draft-top-k", type=int, help="warp the draft only (speed, not output)")
+    gen.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
+    gen.add_argument("--stream", action="store_true", help="print text as it is accepted")
+    gen.add_argument(
+        "--compare-baseline",
+        action="store_true",
+        help="also run target-only decoding; print the speedup and whether the outputs are identical",
+    )
+
+    chk = sub.add_parser(
+        "check",
+        help="are target and draft compatible, what do they cost here, which K to use",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(chk)
+    chk.add_argument("--max-k", type=int, default=8, help="largest K to consider")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> SpeculativeDecoder:
+    print("loading models ...", file=sys.stderr, flush=True)
+    return SpeculativeDecoder.from_pretrained(
+        args.target,
+        args.draft,
+        dtype=args.dtype,
+        draft_dtype=args.draft_dtype,
+        draft_layers=args.draft_layers,
+        device=args.device,
+    )
+
+
+def _read_prompt(args: argparse.Namespace):
+    if args.prompt is not None:
+        text = args.prompt
+    elif args.prompt_file is not None:
+        text = args.prompt_file.read_text()
+    elif not sys.stdin.isatty():
+        text = sys.stdin.read()
+    else:
+        raise ValueError("give a prompt: --prompt TEXT, --prompt-file FILE, or standard input")
+    return [{"role": "user", "content": text}] if args.chat else text
+
+
+def _generate(args: argparse.Namespace) -> int:
+    prompt = _read_prompt(args)
+    sampling = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        seed=args.seed,
+        stop=tuple(args.stop),
+        draft_temperature=args.draft_temperature,
+        draft_top_k=args.draft_top_k,
+    )
+    dec = _load(args)
+    run = dict(
+        max_new_tokens=args.max_new_tokens,
+        num_speculative_tokens=args.num_speculative_tokens,
+        sampling=sampling,
+        ignore_eos=args.ignore_eos,
+    )
+    dec.encode(prompt)  # a bad prompt fails before any work
+    if args.stream and not args.json:
+        token_ids: list[int] = []
+        for chunk in dec.stream(prompt, **run):
+            print(chunk.text, end="", flush=True)
+            token_ids += chunk.token_ids
+        print()
+        stats, report = chunk.stats, {"token_ids": token_ids, "finish_reason": chunk.finish_reason}
+    else:
+        result = dec.generate(prompt, **run)
+        stats, token_ids = result.stats, result.token_ids
+        report = {"text": result.text, "token_ids": token_ids, "finish_reason": result.finish_reason}
+    report["stats"] = stats.to_dict()
+    if args.compare_baseline:
+        dec.reset()
+        baseline = dec.generate(prompt, **{**run, "num_speculative_tokens": 0})
+        report["baseline"] = {
+            "wall_s": baseline.stats.wall_s,
+            "tokens_per_s": baseline.stats.tokens_per_s,
+            "speedup": stats.tokens_per_s / baseline.stats.tokens_per_s,
+            "identical": baseline.token_ids == token_ids,
+        }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if "text" in report:
+        print(report["text"])
+    print(f"[{stats.summary()}]", file=sys.stderr)
+    if args.compare_baseline:
+        b = report["baseline"]
+        same = (
+            f"outputs identical: {'yes' if b['identical'] else 'NO'}"
+            if sampling.greedy
+            else "outputs differ by design when sampling (same distribution)"
+        )
+        print(
+            f"[target-only: {b['tokens_per_s']:.2f} tok/s; speedup {b['speedup']:.2f}x; {same}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from specdecode.check import run_check
+
+    if args.draft is None and args.draft_layers is None:
+        raise ValueError("check needs --draft or --draft-layers")
+    dec = _load(args)
+    report = run_check(dec, k_max=args.max_k)
+    if args.json:
+        print(json.dumps({"compatible": True, **report.to_dict()}))
+    else:
+        print("compatible: same tokenizer and special tokens")
+        print(report.render())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": _generate, "check": _check}[args.command](args)
+    except IncompatibleModelsError as err:
+        print(f"error: incompatible models: {err}", file=sys.stderr)
+        return 1
+    except (ModelLoadError, NonFiniteLogitsError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
