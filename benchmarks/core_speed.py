@@ -100,8 +100,7 @@ def main() -> None:
             r["tokens_per_s"] = len(r["token_ids"]) / r["wall_s"]
         runs.append({"prompt_index": i, "prompt_tokens": len(ids), "methods": row})
         print(
-            f"prompt {i + 1}/{len(prompts)}: "
-            + ", ".join(f"{m} {r['speedup']:.2f}x" for m, r in row.items()),
+            f"prompt {i + 1}/{len(prompts)}: " + ", ".join(f"{m} {r['speedup']:.2f}x" for m, r in row.items()),
             flush=True,
         )
 

@@ -56,8 +56,5 @@ def accept_sampled(
     n = first_false(u * q_x < p_x)  # u < p/q without dividing by q
     if n == k:
         return n, int(sample(target_probs[k], generator))
-    if draft_probs is None:
-        q = torch.zeros_like(target_probs[n]).scatter_(-1, index[n], 1.0)
-    else:
-        q = draft_probs[n]
+    q = torch.zeros_like(target_probs[n]).scatter_(-1, index[n], 1.0) if draft_probs is None else draft_probs[n]
     return n, int(sample(residual(target_probs[n], q), generator))

@@ -42,8 +42,7 @@ class CheckReport:
             "verify cost, one target pass over n tokens (relative to n = 1):",
             "  n    " + " ".join(f"{n:>6}" for n in range(1, n_max + 1)),
             "  ms   " + " ".join(f"{self.verify_ms[n]:6.0f}" for n in range(1, n_max + 1)),
-            "  x    "
-            + " ".join(f"{self.verify_ms[n] / self.verify_ms[1]:6.2f}" for n in range(1, n_max + 1)),
+            "  x    " + " ".join(f"{self.verify_ms[n] / self.verify_ms[1]:6.2f}" for n in range(1, n_max + 1)),
             f"acceptance on built-in prompts (greedy): {self.acceptance_rate:.1%} of guesses, "
             f"alpha = {self.token_acceptance:.2f}, mean acceptance length {self.mean_acceptance_length:.2f}",
             "expected speedup by K: " + ", ".join(f"K={k} {s:.2f}x" for k, s in self.speedup_by_k.items()),
@@ -62,9 +61,7 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def verify_cost_curve(
-    dec: SpeculativeDecoder, context: list[int], n_max: int, repeats: int = 3
-) -> dict[int, float]:
+def verify_cost_curve(dec: SpeculativeDecoder, context: list[int], n_max: int, repeats: int = 3) -> dict[int, float]:
     """Milliseconds for one target pass over n new tokens after `context`, n = 1..n_max (median)."""
     target = dec.target
     target.sync(context, keep_at_most=len(context))
@@ -94,9 +91,7 @@ def draft_cost_ms(dec: SpeculativeDecoder, context: list[int], repeats: int = 5)
     return _median_ms(one_pass, repeats)
 
 
-def run_check(
-    dec: SpeculativeDecoder, k_max: int = 8, new_tokens: int = 32, progress=sys.stderr
-) -> CheckReport:
+def run_check(dec: SpeculativeDecoder, k_max: int = 8, new_tokens: int = 32, progress=sys.stderr) -> CheckReport:
     """Measure costs and acceptance, then pick the K with the best expected speedup."""
     if dec.proposer is None or not hasattr(dec.proposer, "draft"):
         raise ValueError("check needs a draft model")

@@ -49,12 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = gen.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: read standard input)")
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
-    gen.add_argument(
-        "--chat", action="store_true", help="send the prompt as a user message via the chat template"
-    )
-    gen.add_argument(
-        "-k", "--num-speculative-tokens", type=int, default=4, help="guesses per step (0: plain)"
-    )
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message via the chat template")
+    gen.add_argument("-k", "--num-speculative-tokens", type=int, default=4, help="guesses per step (0: plain)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     gen.add_argument("--top-k", type=int, default=0)

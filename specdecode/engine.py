@@ -22,11 +22,14 @@ from specdecode.loading import (
     logit_width,
 )
 from specdecode.output import OutputTracker
-from specdecode.proposers import DraftModelProposer, Proposal, Proposer
+from specdecode.policy import AutoK, FixedK, HeuristicK, KPolicy, calibrate
+from specdecode.proposers import DraftModelProposer, NgramProposer, NgramThenDraftProposer, Proposal, Proposer
 from specdecode.sampling import SamplingParams, check_finite, logits_to_probs
 from specdecode.stats import DecodeStats
 
 Prompt = str | Sequence[int] | Sequence[dict]
+NumSpeculativeTokens = int | str  # K >= 0, "auto" or "heuristic"
+AUTO_K_MAX = 8
 
 
 @dataclass
@@ -45,6 +48,29 @@ class StreamChunk:
     stats: DecodeStats
 
 
+PROPOSERS = ("draft", "ngram", "ngram+draft")
+
+
+def make_proposer(
+    name: str | Proposer, draft: PreTrainedModel | None, vocab_size: int, ngram_max: int, ngram_min: int
+) -> Proposer | None:
+    """The proposer called `name` (None for "draft" without a draft model: plain decoding only)."""
+    if not isinstance(name, str):
+        return name
+    if name not in PROPOSERS:
+        raise ValueError(f"unknown proposer {name!r}; choose one of {', '.join(PROPOSERS)}")
+    if name == "ngram":
+        return NgramProposer(ngram_max, ngram_min)
+    if draft is None:
+        if name == "ngram+draft":
+            raise ValueError("the ngram+draft proposer needs a draft model")
+        return None
+    model_proposer = DraftModelProposer(draft, vocab_size)
+    if name == "draft":
+        return model_proposer
+    return NgramThenDraftProposer(NgramProposer(ngram_max, ngram_min), model_proposer)
+
+
 class SpeculativeDecoder:
     """Exact speculative decoding: the output is the target's, token for token when greedy,
     in distribution when sampling. Not thread-safe: one generation at a time per instance."""
@@ -56,8 +82,12 @@ class SpeculativeDecoder:
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
         draft_tokenizer: PreTrainedTokenizerBase | None = None,
-        proposer: Proposer | None = None,
+        proposer: str | Proposer = "draft",
+        ngram_max: int = 4,
+        ngram_min: int = 1,
     ) -> None:
+        """`proposer`: "draft" (the draft model), "ngram" (prompt lookup, no draft needed),
+        "ngram+draft" (lookup first, the draft where it finds nothing), or a Proposer object."""
         if tokenizer is None:
             raise ValueError("a tokenizer is required (the target's)")
         if draft_tokenizer is not None:
@@ -76,9 +106,7 @@ class SpeculativeDecoder:
                 "move both to one device"
             )
         self.target = CachedModel(target, self.vocab_size)
-        self.proposer = proposer or (
-            DraftModelProposer(draft, self.vocab_size) if draft is not None else None
-        )
+        self.proposer = make_proposer(proposer, draft, self.vocab_size, ngram_max, ngram_min)
         self.eos_ids = eos_token_ids(target, tokenizer)
         lengths = [n for n in (context_length(target), draft and context_length(draft)) if n]
         self.max_context = min(lengths) if lengths else None
@@ -93,21 +121,23 @@ class SpeculativeDecoder:
         draft_dtype: str | torch.dtype | None = None,
         draft_layers: int | None = None,
         device: str = "cpu",
+        **options,
     ) -> SpeculativeDecoder:
         """Load from hub ids, local folders or .gguf files.
 
         `draft_layers=N` (instead of `draft`) makes the draft from the target's first N layers.
+        Other keyword arguments (`proposer`, `ngram_max`, `ngram_min`) go to the constructor.
         """
         target_model = load_model(target, dtype, device)
         tokenizer = load_tokenizer(target)
         if draft is not None and draft_layers is not None:
             raise ValueError("pass either a draft model or draft_layers, not both")
         if draft_layers is not None:
-            return cls(target_model, first_layers(target_model, draft_layers), tokenizer)
+            return cls(target_model, first_layers(target_model, draft_layers), tokenizer, **options)
         if draft is None:
-            return cls(target_model, None, tokenizer)
+            return cls(target_model, None, tokenizer, **options)
         draft_model = load_model(draft, draft_dtype or dtype, device)
-        return cls(target_model, draft_model, tokenizer, draft_tokenizer=load_tokenizer(draft))
+        return cls(target_model, draft_model, tokenizer, draft_tokenizer=load_tokenizer(draft), **options)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -124,9 +154,7 @@ class SpeculativeDecoder:
                 raise ValueError("the prompt is empty")
             ids = self.tokenizer.encode(prompt)
         elif len(prompt) and all(isinstance(m, dict) for m in prompt):
-            text = self.tokenizer.apply_chat_template(
-                list(prompt), tokenize=False, add_generation_prompt=True
-            )
+            text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
             ids = self.tokenizer.encode(text, add_special_tokens=False)
         else:
             ids = [int(t) for t in prompt]
@@ -141,35 +169,35 @@ class SpeculativeDecoder:
         self,
         prompt: Prompt,
         max_new_tokens: int = 128,
-        num_speculative_tokens: int = 4,
+        num_speculative_tokens: NumSpeculativeTokens = 4,
         sampling: SamplingParams | None = None,
         ignore_eos: bool = False,
     ) -> GenerationResult:
-        """Generate up to `max_new_tokens`; `num_speculative_tokens=0` is plain target decoding."""
-        *_, (_, output, stats) = self._run(
-            prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos
-        )
+        """Generate up to `max_new_tokens`.
+
+        `num_speculative_tokens`: K guesses per step; 0 is plain target decoding; "auto" picks K each
+        step from measured costs and acceptance (K = 0 included); "heuristic" is +2 / -1 per step.
+        """
+        *_, (_, output, stats) = self._run(prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos)
         return GenerationResult(output.text, output.token_ids, output.finish_reason, stats)
 
     def stream(
         self,
         prompt: Prompt,
         max_new_tokens: int = 128,
-        num_speculative_tokens: int = 4,
+        num_speculative_tokens: NumSpeculativeTokens = 4,
         sampling: SamplingParams | None = None,
         ignore_eos: bool = False,
     ) -> Iterator[StreamChunk]:
         """Like `generate`, yielding the text as it is accepted, one chunk per target pass."""
-        for accepted, output, stats in self._run(
-            prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos
-        ):
+        for accepted, output, stats in self._run(prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos):
             yield StreamChunk(output.delta(), accepted, output.finish_reason, stats)
 
     def _run(
         self,
         prompt: Prompt,
         max_new_tokens: int,
-        k: int,
+        k: NumSpeculativeTokens,
         sampling: SamplingParams | None,
         ignore_eos: bool,
     ) -> Iterator[tuple[list[int], OutputTracker, DecodeStats]]:
@@ -177,13 +205,12 @@ class SpeculativeDecoder:
         sampling = sampling or SamplingParams()
         prompt_ids = self.encode(prompt)
         self._check_request(len(prompt_ids), max_new_tokens, k)
-        output = OutputTracker(
-            self.tokenizer, () if ignore_eos else self.eos_ids, sampling.stop, max_new_tokens
-        )
+        output = OutputTracker(self.tokenizer, () if ignore_eos else self.eos_ids, sampling.stop, max_new_tokens)
         stats = DecodeStats(prompt_tokens=len(prompt_ids))
         target_s0, draft_s0, draft_passes0 = self.target.forward_s, *self._draft_counters()
         start = time.perf_counter()
-        for accepted in self._decode(prompt_ids, k, sampling, output, stats):
+        policy = self._policy(k, prompt_ids)
+        for accepted in self._decode(prompt_ids, policy, sampling, output, stats):
             draft_s, draft_passes = self._draft_counters()
             stats.new_tokens = len(output)
             stats.wall_s = time.perf_counter() - start
@@ -198,7 +225,7 @@ class SpeculativeDecoder:
     def _decode(
         self,
         prompt_ids: list[int],
-        k: int,
+        policy: KPolicy,
         sampling: SamplingParams,
         output: OutputTracker,
         stats: DecodeStats,
@@ -209,10 +236,8 @@ class SpeculativeDecoder:
         tokens = list(prompt_ids)
         while not output.finished:
             # 1. propose: at most as many guesses as can still be emitted after this pass
-            k_step = min(k, output.max_new_tokens - len(output) - 1)
-            guess = (
-                self.proposer.propose(tokens, k_step, draft_warp, generator) if k_step else Proposal([], None)
-            )
+            k_step = min(policy.next_k(), output.max_new_tokens - len(output) - 1)
+            guess = self.proposer.propose(tokens, k_step, draft_warp, generator) if k_step else Proposal([], None)
             # 2. verify: one target pass over the uncached tokens and the K guesses -> [K+1, V]
             logits = self.target.next_logits(tokens, guess.tokens)
             check_finite(logits, "target model")
@@ -224,6 +249,7 @@ class SpeculativeDecoder:
                 probs = logits_to_probs(logits, target_warp)
                 n, next_token = accept_sampled(guessed, guess.probs, probs, generator)
             stats.record_step(len(guess), n)
+            policy.observe(len(guess), n)
             # 4. commit, one token at a time, so nothing past a stop is emitted
             committed = []
             for token in [*guess.tokens[:n], next_token]:
@@ -235,18 +261,28 @@ class SpeculativeDecoder:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _check_request(self, prompt_len: int, max_new_tokens: int, k: int) -> None:
+    def _check_request(self, prompt_len: int, max_new_tokens: int, k: NumSpeculativeTokens) -> None:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if not isinstance(k, int) or k < 0:
-            raise ValueError(f"num_speculative_tokens must be an integer >= 0, got {k!r}")
-        if k > 0 and self.proposer is None:
+        if k not in ("auto", "heuristic") and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
+            raise ValueError(f"num_speculative_tokens must be an integer >= 0, 'auto' or 'heuristic', got {k!r}")
+        if k != 0 and self.proposer is None:
             raise ValueError("num_speculative_tokens > 0 needs a draft model (or another proposer)")
         if self.max_context is not None and prompt_len + max_new_tokens > self.max_context:
             raise ValueError(
                 f"the prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds "
                 f"the context length of {self.max_context} tokens"
             )
+
+    def _policy(self, k: NumSpeculativeTokens, prompt_ids: list[int]) -> KPolicy:
+        if k == "heuristic":
+            return HeuristicK()
+        if k != "auto":
+            return FixedK(k)
+        sizes = range(1, AUTO_K_MAX + 2)
+        if self.proposer.guess_cost() is None or any(self.target.pass_cost(n) is None for n in sizes):
+            calibrate(self.target, self.proposer, prompt_ids, AUTO_K_MAX)  # once per decoder
+        return AutoK(self.target.pass_cost, self.proposer.guess_cost, AUTO_K_MAX)
 
     def _draft_counters(self) -> tuple[float, int]:
         """(seconds in proposer passes, proposer passes) so far."""

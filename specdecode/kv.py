@@ -6,15 +6,20 @@ so a rejected guess, a new prompt that shares a prefix, or a fresh prompt all ta
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+TIMED_PASS_MAX = 64  # passes over at most this many new tokens are timed per size (prefills are not)
+
 
 class CachedModel:
-    """Runs a causal LM over new tokens only; `forward_s` accumulates time in its passes."""
+    """Runs a causal LM over new tokens only; `forward_s` accumulates time in its passes and
+    `pass_cost(n)` is the median of the last few passes over n new tokens."""
 
     def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
         self.model = model
@@ -23,6 +28,7 @@ class CachedModel:
         self.ids: list[int] = []
         self.passes = 0
         self.forward_s = 0.0
+        self._pass_times: dict[int, deque[float]] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,13 +59,19 @@ class CachedModel:
         """Append `new_ids` to the cache; return logits [num_logits, vocab_size] of the last ones."""
         start = time.perf_counter()
         input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self.device)
-        out = self.model(
-            input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits
-        )
+        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits)
         self.ids.extend(int(t) for t in new_ids)
+        seconds = time.perf_counter() - start
         self.passes += 1
-        self.forward_s += time.perf_counter() - start
+        self.forward_s += seconds
+        if len(new_ids) <= TIMED_PASS_MAX:
+            self._pass_times.setdefault(len(new_ids), deque(maxlen=5)).append(seconds)
         return out.logits[0, -num_logits:, : self.vocab_size]
+
+    def pass_cost(self, n: int) -> float | None:
+        """Median seconds of the recent passes over n new tokens, None if there was none."""
+        times = self._pass_times.get(n)
+        return statistics.median(times) if times else None
 
     def next_logits(self, tokens: Sequence[int], extra: Sequence[int] = ()) -> torch.Tensor:
         """Logits after each of the last len(extra)+1 positions of tokens + extra: [len(extra)+1, V].

@@ -7,7 +7,18 @@ on a CPU it grows with n, so measure it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from specdecode.sampling import Warp
+
+
+class KPolicy(Protocol):
+    """Chooses how many tokens to guess in the next step and learns from what happened."""
+
+    def next_k(self) -> int: ...
+
+    def observe(self, guessed: int, accepted: int) -> None: ...
 
 
 def expected_tokens_per_pass(alpha: float, k: int) -> float:
@@ -27,6 +38,81 @@ def expected_speedup(alpha: float, k: int, draft_cost: float, verify_cost: Mappi
 def best_k(alpha: float, draft_cost: float, verify_cost: Mapping[int, float]) -> tuple[int, float]:
     """(K, expected speedup) maximising the speedup over the K whose verify cost is known; K = 0 included."""
     candidates = [k for k in range(0, max(verify_cost)) if k + 1 in verify_cost]
-    return max(
-        ((k, expected_speedup(alpha, k, draft_cost, verify_cost)) for k in candidates), key=lambda x: x[1]
-    )
+    return max(((k, expected_speedup(alpha, k, draft_cost, verify_cost)) for k in candidates), key=lambda x: x[1])
+
+
+class FixedK:
+    """The same K every step."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def next_k(self) -> int:
+        return self.k
+
+    def observe(self, guessed: int, accepted: int) -> None:
+        pass
+
+
+class HeuristicK:
+    """As `transformers` assisted generation schedules it: +2 after a fully accepted step, -1 otherwise."""
+
+    def __init__(self, start: int = 4, k_max: int = 16) -> None:
+        self.k, self.k_max = start, k_max
+
+    def next_k(self) -> int:
+        return self.k
+
+    def observe(self, guessed: int, accepted: int) -> None:
+        if guessed:
+            self.k = min(self.k + 2, self.k_max) if accepted == guessed else max(1, self.k - 1)
+
+
+class AutoK:
+    """K maximising expected tokens per second, each step (guide section 2).
+
+    Acceptance alpha is estimated from the guesses examined so far, decayed per step; costs are the
+    medians of the recent passes that `cost(n)` (target, n tokens) and `draft_cost()` report. K = 0
+    (plain decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... plain
+    steps, so a draft that becomes useful again is noticed and a useless one costs little.
+    """
+
+    def __init__(self, cost, draft_cost, k_max: int = 8, decay: float = 0.9) -> None:
+        self.cost, self.draft_cost, self.k_max, self.decay = cost, draft_cost, k_max, decay
+        self.accepted = self.examined = 0.0
+        self.plain_steps, self.probe_after = 0, 4
+
+    @property
+    def alpha(self) -> float:
+        return (self.accepted + 1.0) / (self.examined + 2.0)  # uniform prior
+
+    def next_k(self) -> int:
+        curve = {n: self.cost(n) for n in range(1, self.k_max + 2)}
+        k, _ = best_k(self.alpha, self.draft_cost() / curve[1], curve)
+        if k > 0:
+            self.plain_steps, self.probe_after = 0, 4
+            return k
+        self.plain_steps += 1
+        if self.plain_steps < self.probe_after:
+            return 0
+        self.plain_steps, self.probe_after = 0, self.probe_after * 2
+        return 1
+
+    def observe(self, guessed: int, accepted: int) -> None:
+        if guessed:
+            self.accepted = self.decay * self.accepted + accepted
+            self.examined = self.decay * self.examined + accepted + (accepted < guessed)
+
+
+def calibrate(target, proposer, context: Sequence[int], k_max: int, repeats: int = 2) -> None:
+    """Time target passes over 1..k_max+1 tokens after `context` and a few guesses, so that the
+    models' `pass_cost` know them; the caches are left holding a prefix of `context`."""
+    target.sync(context, keep_at_most=len(context) - 1)
+    target.forward(context[len(target) : -1] or context[-1:], num_logits=1)
+    base = len(target)
+    for _ in range(repeats):
+        for n in range(1, k_max + 2):
+            target.forward([context[-1]] * n, num_logits=n)
+            target.rollback(base)
+    for _ in range(repeats + 1):
+        proposer.propose(context, 3, Warp(temperature=0.0), None)

@@ -26,12 +26,13 @@ def hf_greedy(model, prompt_ids, max_new_tokens):
 def test_identical_to_target_only_and_transformers(decoder, prompt):
     baseline = decoder.generate(prompt, max_new_tokens=40, num_speculative_tokens=0, ignore_eos=True)
     assert baseline.token_ids == hf_greedy_ignoring_eos(decoder, prompt, 40)
-    for k in (1, 2, 4, 8):
+    for k in (1, 2, 4, 8, "heuristic", "auto"):
         out = decoder.generate(prompt, max_new_tokens=40, num_speculative_tokens=k, ignore_eos=True)
         assert out.token_ids == baseline.token_ids, f"K={k}"
         assert out.text == baseline.text
-        assert out.stats.accepted > 0  # the draft was right at least sometimes: runs were accepted
-        assert out.stats.target_passes < baseline.stats.target_passes
+        if isinstance(k, int):  # "auto" may rightly decline to guess: these tiny drafts cost as much as the target
+            assert out.stats.accepted > 0  # the draft was right at least sometimes: runs were accepted
+            assert out.stats.target_passes < baseline.stats.target_passes
 
 
 def hf_greedy_ignoring_eos(decoder, prompt, n):

@@ -19,7 +19,7 @@ from specdecode.sampling import logits_to_probs
 
 ALPHA = 1e-3
 N = 1500
-PROMPT = [1, 3, 4, 5]
+PROMPT = [1, 3, 4, 5, 3, 4, 5, 3]  # repeats, so n-gram lookup finds guesses
 NEW = 3
 TOKENIZER = make_tokenizer(list("abc"))
 V = len(TOKENIZER)  # 6
@@ -47,37 +47,43 @@ def sampled_counts(decoder, params: SamplingParams, k: int) -> np.ndarray:
     counts = np.zeros(V**NEW)
     for seed in range(N):
         run = SamplingParams(**{**params.__dict__, "seed": seed})
-        ids = decoder.generate(
-            PROMPT, max_new_tokens=NEW, num_speculative_tokens=k, sampling=run, ignore_eos=True
-        )
+        ids = decoder.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=k, sampling=run, ignore_eos=True)
         counts[np.ravel_multi_index(ids.token_ids, (V,) * NEW)] += 1
     return counts
 
 
-CASES = {
-    "plain, unrelated draft": (SamplingParams(temperature=1.0), 1, 2),
-    "top-k + top-p, close draft": (SamplingParams(temperature=0.8, top_k=4, top_p=0.9), 2, 3),
-    "hotter top-k draft": (SamplingParams(temperature=1.0, draft_temperature=1.8, draft_top_k=3), 1, 2),
-    "greedy draft, sampled target": (
+CASES = {  # sampling, draft (index into `models`), K, proposer
+    "plain, unrelated draft": (SamplingParams(temperature=1.0), 1, 2, "draft"),
+    "top-k + top-p, close draft": (SamplingParams(temperature=0.8, top_k=4, top_p=0.9), 2, 3, "draft"),
+    "hotter top-k draft": (
+        SamplingParams(temperature=1.0, draft_temperature=1.8, draft_top_k=3),
+        1,
+        2,
+        "draft",
+    ),
+    "greedy draft, sampled min-p target": (
         SamplingParams(temperature=0.7, min_p=0.05, draft_temperature=0.0),
         2,
         2,
+        "draft",
     ),
+    "n-gram lookup": (SamplingParams(temperature=1.0), 1, 2, "ngram"),
+    "heuristic K, close draft": (SamplingParams(temperature=0.9), 2, "heuristic", "draft"),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_distribution_is_the_targets(models, case):
-    params, draft_index, k = CASES[case]
+    params, draft_index, k, proposer = CASES[case]
     target = models[0]
-    decoder = SpeculativeDecoder(target, models[draft_index], TOKENIZER)
+    decoder = SpeculativeDecoder(target, models[draft_index], TOKENIZER, proposer=proposer)
     counts = sampled_counts(decoder, params, k)
     assert chi_square_pvalue(counts, exact_distribution(target, params)) > ALPHA
 
 
 def test_wrong_acceptance_rule_is_caught(models, monkeypatch):
     monkeypatch.setattr(specdecode.engine, "accept_sampled", wrong_accept)
-    params, draft_index, k = CASES["plain, unrelated draft"]
+    params, draft_index, k, _ = CASES["plain, unrelated draft"]
     decoder = SpeculativeDecoder(models[0], models[draft_index], TOKENIZER)
     counts = sampled_counts(decoder, params, k)
     assert chi_square_pvalue(counts, exact_distribution(models[0], params)) < ALPHA

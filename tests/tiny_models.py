@@ -28,9 +28,7 @@ def make_tokenizer(chars: list[str] = CHARS) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def make_model(
@@ -38,7 +36,7 @@ def make_model(
     vocab_size: int,
     seed: int,
     layers: int = 2,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | str = torch.float64,
     init_range: float = 0.02,
 ):
     """A randomly initialised causal LM; larger `init_range` gives peakier distributions."""
@@ -73,7 +71,7 @@ def make_model(
         raise ValueError(arch)
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 2
-    return model.to(dtype).eval()
+    return model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype).eval()
 
 
 def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0) -> float:

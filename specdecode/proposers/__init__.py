@@ -2,5 +2,6 @@
 
 from specdecode.proposers.base import Proposal, Proposer
 from specdecode.proposers.draft_model import DraftModelProposer
+from specdecode.proposers.ngram import NgramProposer, NgramThenDraftProposer
 
-__all__ = ["DraftModelProposer", "Proposal", "Proposer"]
+__all__ = ["DraftModelProposer", "NgramProposer", "NgramThenDraftProposer", "Proposal", "Proposer"]

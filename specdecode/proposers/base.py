@@ -25,12 +25,14 @@ class Proposal:
 class Proposer(Protocol):
     """Given the committed tokens, guess the next `k`. State (caches) syncs itself to `tokens`."""
 
-    def propose(
-        self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None
-    ) -> Proposal: ...
+    def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal: ...
 
     def reset(self) -> None:
         """Forget all cached state."""
+        ...
+
+    def guess_cost(self) -> float | None:
+        """Recent seconds per guessed token (None before any guess was made)."""
         ...
 
     @property

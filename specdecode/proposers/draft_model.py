@@ -21,6 +21,9 @@ class DraftModelProposer:
     def reset(self) -> None:
         self.draft.rollback(0)
 
+    def guess_cost(self) -> float | None:
+        return self.draft.pass_cost(1)
+
     @property
     def forward_s(self) -> float:
         return self.draft.forward_s
@@ -29,9 +32,7 @@ class DraftModelProposer:
     def passes(self) -> int:
         return self.draft.passes
 
-    def propose(
-        self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None
-    ) -> Proposal:
+    def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         guesses: list[int] = []
         dists: list[torch.Tensor] = []
         logits = self.draft.next_logits(tokens)[-1]  # [V]

@@ -1,0 +1,96 @@
+"""The `specdecode` command, run as a real subprocess on tiny models saved to folders."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "specdecode", *args], capture_output=True, text=True, input=stdin, timeout=300
+    )
+
+
+def test_generate_json_with_baseline(model_dirs):
+    target, draft = map(str, model_dirs)
+    proc = run(
+        "generate",
+        "--target",
+        target,
+        "--draft",
+        draft,
+        "--prompt",
+        "def f(x):",
+        "-k",
+        "3",
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--json",
+        "--compare-baseline",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert len(report["token_ids"]) == 16 and report["finish_reason"] == "length"
+    assert report["baseline"]["identical"] is True
+    assert report["stats"]["target_passes"] <= 16 and report["stats"]["drafted"] > 0
+
+
+def test_generate_stream_from_stdin(model_dirs):
+    target, draft = map(str, model_dirs)
+    proc = run(
+        "generate",
+        "--target",
+        target,
+        "--draft",
+        draft,
+        "--stream",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "1",
+        stdin="abc",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tok/s" in proc.stderr and "acceptance" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--temperature", "-1"], 2, "temperature must be"),
+        (["--top-p", "0"], 2, "top_p must be"),
+        (["--prompt", ""], 2, "the prompt is empty"),
+        (["--max-new-tokens", "1000"], 2, "exceeds the context length"),
+    ],
+)
+def test_bad_input_exits_with_a_message(model_dirs, extra, code, message):
+    target, draft = map(str, model_dirs)
+    args = ["generate", "--target", target, "--draft", draft]
+    proc = run(*args, *(extra if "--prompt" in extra else ["--prompt", "abc", *extra]))
+    assert proc.returncode == code
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_model_exits_with_a_message():
+    proc = run("generate", "--target", "/nonexistent/t", "--prompt", "x")
+    assert proc.returncode == 2 and "no such model folder" in proc.stderr
+
+
+def test_check_recommends_a_k(model_dirs):
+    target, draft = map(str, model_dirs)
+    proc = run("check", "--target", target, "--draft", draft, "--max-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["compatible"] is True and 0 <= report["recommended_k"] <= 3
+    assert set(report["verify_ms"]) == {"1", "2", "3", "4"}
+    assert 0.0 <= report["acceptance_rate"] <= 1.0
+
+
+def test_help_has_examples():
+    proc = run("generate", "--help")
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "--num-speculative-tokens" in proc.stdout

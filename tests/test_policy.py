@@ -1,0 +1,76 @@
+"""The speedup formulas and the statistics, on made-up numbers."""
+
+import pytest
+
+from specdecode.policy import AutoK, HeuristicK, best_k, expected_speedup, expected_tokens_per_pass
+from specdecode.stats import DecodeStats
+
+
+def test_expected_tokens_per_pass():
+    assert expected_tokens_per_pass(0.5, 3) == pytest.approx(1.875)
+    assert expected_tokens_per_pass(1.0, 4) == 5.0
+    assert expected_tokens_per_pass(0.0, 4) == 1.0
+    with pytest.raises(ValueError):
+        expected_tokens_per_pass(1.2, 1)
+
+
+def test_expected_speedup_and_best_k():
+    free = {n: 1.0 for n in range(1, 10)}  # a GPU: verification costs as much as one token
+    assert expected_speedup(0.8, 4, 0.0, free) == pytest.approx((1 - 0.8**5) / 0.2)
+    assert best_k(0.8, 0.0, free)[0] == 8  # free guesses: guess as many as allowed
+    costly = {1: 1.0, 2: 2.0, 3: 2.9, 4: 2.9, 5: 2.9}  # a CPU: verification is not free
+    assert best_k(0.3, 0.2, costly) == (0, 1.0)  # a useless draft: plain decoding wins
+    k, s = best_k(0.95, 0.05, costly)
+    assert k == 4 and s == pytest.approx(expected_speedup(0.95, 4, 0.05, costly))
+
+
+def test_stats_from_made_up_steps():
+    s = DecodeStats()
+    for guessed, accepted in [(4, 4), (4, 1), (4, 0), (2, 2)]:
+        s.record_step(guessed, accepted)
+    s.new_tokens, s.wall_s, s.target_s, s.draft_s = 11, 2.0, 1.2, 0.7
+    assert s.drafted == 14 and s.accepted == 7 and s.rejections == 2
+    assert s.acceptance_rate == pytest.approx(0.5)
+    assert s.token_acceptance == pytest.approx(7 / 9)
+    assert s.mean_acceptance_length == pytest.approx(1 + 7 / 4)
+    assert s.per_position_acceptance == pytest.approx([3 / 4, 2 / 4, 1 / 3, 1 / 3])
+    assert s.target_passes_per_token == pytest.approx(4 / 11)
+    assert s.tokens_per_s == pytest.approx(5.5)
+    assert s.overhead_s == pytest.approx(0.1)
+    assert s.to_dict()["mean_acceptance_length"] == pytest.approx(2.75)
+
+
+def test_heuristic_schedule():
+    policy = HeuristicK(start=4, k_max=8)
+    for guessed, accepted, expected in [(4, 4, 6), (6, 6, 8), (8, 8, 8), (8, 3, 7), (7, 0, 6)]:
+        policy.observe(guessed, accepted)
+        assert policy.next_k() == expected
+    for _ in range(10):
+        policy.observe(policy.next_k(), 0)
+    assert policy.next_k() == 1
+
+
+def test_auto_guesses_many_when_verification_is_free_and_guesses_are_good():
+    policy = AutoK(cost=lambda n: 1.0, draft_cost=lambda: 0.05, k_max=8)
+    for _ in range(20):
+        policy.observe(8, 8)
+    assert policy.next_k() == 8
+
+
+def test_auto_falls_back_to_plain_decoding_and_probes_with_backoff():
+    cpu_curve = {1: 1.0, 2: 2.0, 3: 2.9, 4: 2.9, 5: 2.9}
+    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda: 0.4, k_max=4)
+    for _ in range(5):
+        policy.observe(4, 0)  # a useless draft
+    ks = [policy.next_k() for _ in range(4 + 8 + 16)]
+    assert ks.count(1) == 3 and ks.count(0) == 25  # probes after 4, 8 and 16 plain steps
+    assert [i for i, k in enumerate(ks) if k] == [3, 11, 27]
+
+
+def test_auto_follows_measured_costs():
+    cpu_curve = {1: 1.0, 2: 2.0, 3: 2.9, 4: 2.9, 5: 2.9}
+    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda: 0.1, k_max=4)
+    for _ in range(30):
+        policy.observe(4, 4)
+    k = policy.next_k()
+    assert k == best_k(policy.alpha, 0.1, cpu_curve)[0] == 4
