@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install, fetch SmolLM2-135M, and generate with speculative decoding (its first 8 layers as the
-# draft) next to target-only decoding: prints the text, the statistics and the speedup.
+# Install, fetch SmolLM2-135M, and ask it to edit a piece of code with speculative decoding by
+# n-gram lookup (guesses copied from the prompt, no draft model) and K chosen each step from
+# measured costs, next to target-only decoding:
+# prints the text, the statistics, the speedup and whether the outputs are identical.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 model=$(PYTHON=.venv/bin/python bash ../shared/models/fetch.sh smollm2 | tail -n 1)
-.venv/bin/specdecode generate --target "$model" --draft-layers 8 --dtype float32 \
-  --prompt "def fibonacci(n):" -k 4 --max-new-tokens 96 --compare-baseline "$@"
+.venv/bin/specdecode generate --target "$model" --dtype float32 --proposer ngram -k auto \
+  --chat --prompt-file examples/edit_code.txt --max-new-tokens 128 --compare-baseline "$@"

@@ -7,23 +7,42 @@ import json
 import sys
 from pathlib import Path
 
-from specdecode.engine import SpeculativeDecoder
+from specdecode.engine import PROPOSERS, SpeculativeDecoder
 from specdecode.loading import DTYPES, IncompatibleModelsError, ModelLoadError
 from specdecode.sampling import NonFiniteLogitsError, SamplingParams
 
 EXAMPLES = """examples:
   specdecode generate --target Qwen/Qwen2.5-Coder-1.5B-Instruct --draft Qwen/Qwen2.5-Coder-0.5B-Instruct \\
       --prompt "def quicksort(arr):" -k 4 --max-new-tokens 128 --compare-baseline
-  specdecode generate --target ./models/target --draft-layers 8 --prompt-file prompt.txt --stream
+  specdecode generate --target ./models/target --proposer ngram --prompt-file edit_this_code.txt --stream
+  specdecode generate --target ./t --draft ./d -k auto --prompt "def f(x):" --json
   echo "Explain KV caches" | specdecode generate --target ./t --draft ./d --chat --temperature 0.7 --seed 1
   specdecode check --target ./models/target --draft ./models/draft
 """
+
+
+def num_speculative_tokens(value: str) -> int | str:
+    if value in ("auto", "heuristic"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, 'auto' or 'heuristic', got {value!r}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="hub id, local folder or .gguf file")
     p.add_argument("--draft", "--draft-model", help="hub id, local folder or .gguf file of the draft")
     p.add_argument("--draft-layers", type=int, help="use the target's first N layers as the draft")
+    p.add_argument(
+        "--proposer",
+        default="draft",
+        choices=PROPOSERS,
+        help="who guesses: the draft model, n-gram lookup in the prompt and output (no draft needed), "
+        "or lookup first and the draft where it finds nothing (default: draft)",
+    )
+    p.add_argument("--ngram-max", type=int, default=4, help="longest n-gram to look up (default 4)")
+    p.add_argument("--ngram-min", type=int, default=1, help="shortest n-gram to look up (default 1)")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--draft-dtype", choices=list(DTYPES), help="draft weights dtype (default: --dtype)")
     p.add_argument("--device", default="cpu")
@@ -50,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="prompt text (default: read standard input)")
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
     gen.add_argument("--chat", action="store_true", help="send the prompt as a user message via the chat template")
-    gen.add_argument("-k", "--num-speculative-tokens", type=int, default=4, help="guesses per step (0: plain)")
+    gen.add_argument(
+        "-k",
+        "--num-speculative-tokens",
+        type=num_speculative_tokens,
+        default=4,
+        help="guesses per step: N (0: plain decoding), 'auto' (chosen each step from measured costs and "
+        "acceptance) or 'heuristic' (+2 after a full acceptance, -1 otherwise); default 4",
+    )
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     gen.add_argument("--top-k", type=int, default=0)
@@ -88,6 +114,9 @@ def _load(args: argparse.Namespace) -> SpeculativeDecoder:
         draft_dtype=args.draft_dtype,
         draft_layers=args.draft_layers,
         device=args.device,
+        proposer=args.proposer,
+        ngram_max=args.ngram_max,
+        ngram_min=args.ngram_min,
     )
 
 
@@ -123,6 +152,9 @@ def _generate(args: argparse.Namespace) -> int:
         ignore_eos=args.ignore_eos,
     )
     dec.encode(prompt)  # a bad prompt fails before any work
+    if args.compare_baseline:  # warm up first, so neither timed run pays one-time costs
+        dec.generate(prompt, **{**run, "max_new_tokens": 2})
+        dec.reset()
     if args.stream and not args.json:
         token_ids: list[int] = []
         for chunk in dec.stream(prompt, **run):
@@ -168,7 +200,7 @@ def _check(args: argparse.Namespace) -> int:
     from specdecode.check import run_check
 
     if args.draft is None and args.draft_layers is None:
-        raise ValueError("check needs --draft or --draft-layers")
+        raise ValueError("check needs --draft or --draft-layers (it measures a draft model)")
     dec = _load(args)
     report = run_check(dec, k_max=args.max_k)
     if args.json:

@@ -94,3 +94,31 @@ def test_check_recommends_a_k(model_dirs):
 def test_help_has_examples():
     proc = run("generate", "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout and "--num-speculative-tokens" in proc.stdout
+
+
+@pytest.mark.parametrize("k", ["auto", "heuristic", "2"])
+def test_ngram_proposer_and_k_policies(model_dirs, k):
+    proc = run(
+        "generate",
+        "--target",
+        str(model_dirs[0]),
+        "--proposer",
+        "ngram",
+        "-k",
+        k,
+        "--prompt",
+        "abcabcabcabc",
+        "--max-new-tokens",
+        "12",
+        "--ignore-eos",
+        "--json",
+        "--compare-baseline",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["baseline"]["identical"] is True and report["stats"]["draft_passes"] == 0
+
+
+def test_bad_k_is_refused_by_the_parser(model_dirs):
+    proc = run("generate", "--target", str(model_dirs[0]), "-k", "lots", "--prompt", "x")
+    assert proc.returncode == 2 and "expected an integer, 'auto' or 'heuristic'" in proc.stderr
