@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 from specdecode.engine import SpeculativeDecoder
-from specdecode.policy import best_k, expected_speedup
+from specdecode.policy import best_k, expected_speedup, measure_pass_costs
 from specdecode.stats import DecodeStats
 
 BUILTIN_PROMPTS = (
@@ -52,54 +50,15 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def verify_cost_curve(dec: SpeculativeDecoder, context: list[int], n_max: int, repeats: int = 3) -> dict[int, float]:
-    """Milliseconds for one target pass over n new tokens after `context`, n = 1..n_max (median)."""
-    target = dec.target
-    target.sync(context, keep_at_most=len(context))
-    target.forward(context[len(target) :], num_logits=1)  # prefill
-    curve = {}
-    for n in range(1, n_max + 1):
-        extra = context[-n:] if n <= len(context) else (context * n)[:n]
-
-        def one_pass(extra=extra, n=n):
-            target.forward(extra, num_logits=n)  # logits for every position, as verification needs
-            target.rollback(len(context))
-
-        curve[n] = _median_ms(one_pass, repeats)
-    return curve
-
-
-def draft_cost_ms(dec: SpeculativeDecoder, context: list[int], repeats: int = 5) -> float:
-    draft = dec.proposer.draft
-    draft.sync(context, keep_at_most=len(context) - 1)
-    if len(draft) < len(context) - 1:
-        draft.forward(context[len(draft) : -1], num_logits=1)  # prefill
-
-    def one_pass():
-        draft.forward(context[-1:], num_logits=1)
-        draft.rollback(len(context) - 1)
-
-    return _median_ms(one_pass, repeats)
-
-
 def run_check(dec: SpeculativeDecoder, k_max: int = 8, new_tokens: int = 32, progress=sys.stderr) -> CheckReport:
     """Measure costs and acceptance, then pick the K with the best expected speedup."""
     if dec.proposer is None or not hasattr(dec.proposer, "draft"):
         raise ValueError("check needs a draft model")
     context = (dec.encode(BUILTIN_PROMPTS[0]) * 8)[:96]
     print("measuring the target's verify-cost curve ...", file=progress, flush=True)
-    curve = verify_cost_curve(dec, context, k_max + 1)
+    curve = {n: s * 1000 for n, s in measure_pass_costs(dec.target, context, range(1, k_max + 2)).items()}
     print("measuring the draft's cost ...", file=progress, flush=True)
-    draft_ms = draft_cost_ms(dec, context)
+    draft_ms = measure_pass_costs(dec.proposer.draft, context, [1], repeats=5)[1] * 1000
     total = DecodeStats()
     for i, prompt in enumerate(BUILTIN_PROMPTS):
         print(f"measuring acceptance: prompt {i + 1}/{len(BUILTIN_PROMPTS)} ...", file=progress, flush=True)

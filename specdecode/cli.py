@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from specdecode.engine import PROPOSERS, SpeculativeDecoder
+from specdecode.engine import KERNELS, PROPOSERS, SpeculativeDecoder
 from specdecode.loading import DTYPES, IncompatibleModelsError, ModelLoadError
 from specdecode.sampling import NonFiniteLogitsError, SamplingParams
 
@@ -45,7 +45,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ngram-min", type=int, default=1, help="shortest n-gram to look up (default 1)")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--draft-dtype", choices=list(DTYPES), help="draft weights dtype (default: --dtype)")
+    p.add_argument(
+        "--draft-quantization",
+        default="none",
+        choices=("none", "int8"),
+        help="int8: per-row int8 draft weights on the small-rows kernels (cheaper guesses, same output)",
+    )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--kernels",
+        default="auto",
+        choices=KERNELS,
+        help="matrix kernels for passes over <= 16 tokens: small-rows (specdecode's, built on first use; "
+        "checking K tokens costs about one token), stock (PyTorch's); auto = small-rows on a CPU",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -114,6 +127,8 @@ def _load(args: argparse.Namespace) -> SpeculativeDecoder:
         draft_dtype=args.draft_dtype,
         draft_layers=args.draft_layers,
         device=args.device,
+        kernels=args.kernels,
+        draft_quantization=args.draft_quantization,
         proposer=args.proposer,
         ngram_max=args.ngram_max,
         ngram_min=args.ngram_min,

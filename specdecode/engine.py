@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from specdecode.acceptance import accept_greedy, accept_sampled
+from specdecode.fastlinear import use_small_rows_path
 from specdecode.kv import CachedModel
 from specdecode.loading import (
     IncompatibleModelsError,
@@ -49,6 +50,7 @@ class StreamChunk:
 
 
 PROPOSERS = ("draft", "ngram", "ngram+draft")
+KERNELS = ("auto", "small-rows", "stock")
 
 
 def make_proposer(
@@ -121,23 +123,42 @@ class SpeculativeDecoder:
         draft_dtype: str | torch.dtype | None = None,
         draft_layers: int | None = None,
         device: str = "cpu",
+        kernels: str = "auto",
+        draft_quantization: str = "none",
         **options,
     ) -> SpeculativeDecoder:
         """Load from hub ids, local folders or .gguf files.
 
         `draft_layers=N` (instead of `draft`) makes the draft from the target's first N layers.
+        `kernels`: "auto" (the default: on a CPU, the small-rows verification path of
+        `specdecode.fastlinear` when it builds here, else PyTorch's), "small-rows" or "stock".
         Other keyword arguments (`proposer`, `ngram_max`, `ngram_min`) go to the constructor.
         """
+        if kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+        if draft_quantization not in ("none", "int8"):
+            raise ValueError(f"draft_quantization must be 'none' or 'int8', got {draft_quantization!r}")
         target_model = load_model(target, dtype, device)
         tokenizer = load_tokenizer(target)
         if draft is not None and draft_layers is not None:
             raise ValueError("pass either a draft model or draft_layers, not both")
+        draft_tokenizer = None
         if draft_layers is not None:
-            return cls(target_model, first_layers(target_model, draft_layers), tokenizer, **options)
-        if draft is None:
-            return cls(target_model, None, tokenizer, **options)
-        draft_model = load_model(draft, draft_dtype or dtype, device)
-        return cls(target_model, draft_model, tokenizer, draft_tokenizer=load_tokenizer(draft), **options)
+            draft_model = first_layers(target_model, draft_layers)
+        elif draft is not None:
+            draft_model, draft_tokenizer = load_model(draft, draft_dtype or dtype, device), load_tokenizer(draft)
+        else:
+            draft_model = None
+        fast = kernels == "small-rows" or kernels == "auto" and target_model.device.type == "cpu"
+        for model in (target_model, draft_model) if fast else ():
+            if model is not None:
+                use_small_rows_path(model)
+        if draft_quantization == "int8":
+            if draft_model is None:
+                raise ValueError("draft_quantization='int8' needs a draft model")
+            if use_small_rows_path(draft_model, int8=True) == 0:
+                raise RuntimeError("an int8 draft needs the small-rows kernel, which could not be built here")
+        return cls(target_model, draft_model, tokenizer, draft_tokenizer=draft_tokenizer, **options)
 
     # -- public API ---------------------------------------------------------------------------
 

@@ -104,15 +104,25 @@ class AutoK:
             self.examined = self.decay * self.examined + accepted + (accepted < guessed)
 
 
-def calibrate(target, proposer, context: Sequence[int], k_max: int, repeats: int = 2) -> None:
-    """Time target passes over 1..k_max+1 tokens after `context` and a few guesses, so that the
-    models' `pass_cost` know them; the caches are left holding a prefix of `context`."""
-    target.sync(context, keep_at_most=len(context) - 1)
-    target.forward(context[len(target) : -1] or context[-1:], num_logits=1)
-    base = len(target)
+def measure_pass_costs(model, context: Sequence[int], sizes: Sequence[int], repeats: int = 3) -> dict[int, float]:
+    """Median seconds of one pass over n new tokens after `context`, for each n in `sizes`.
+
+    `model` is a CachedModel; the passes also feed its `pass_cost`. Its cache is left holding `context`.
+    """
+    model.sync(context, keep_at_most=len(context))
+    if len(model) < len(context):
+        model.forward(context[len(model) :], num_logits=1)
+    base = len(model)
     for _ in range(repeats):
-        for n in range(1, k_max + 2):
-            target.forward([context[-1]] * n, num_logits=n)
-            target.rollback(base)
+        for n in sizes:
+            model.forward([context[-1]] * n, num_logits=n)  # logits for every position, as verification
+            model.rollback(base)
+    return {n: model.pass_cost(n) for n in sizes}
+
+
+def calibrate(target, proposer, context: Sequence[int], k_max: int, repeats: int = 2) -> None:
+    """Time target passes over 1..k_max+1 tokens and a few guesses, so that `pass_cost` and
+    `guess_cost` know them before the first step of the `auto` policy."""
+    measure_pass_costs(target, context[:-1] or context, range(1, k_max + 2), repeats)
     for _ in range(repeats + 1):
         proposer.propose(context, 3, Warp(temperature=0.0), None)

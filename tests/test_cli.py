@@ -13,24 +13,15 @@ def run(*args, stdin=None):
     )
 
 
-def test_generate_json_with_baseline(model_dirs):
+def generate(model_dirs, *extra, stdin=None):
+    """`specdecode generate` on the tiny target and draft, with `extra` flags."""
     target, draft = map(str, model_dirs)
-    proc = run(
-        "generate",
-        "--target",
-        target,
-        "--draft",
-        draft,
-        "--prompt",
-        "def f(x):",
-        "-k",
-        "3",
-        "--max-new-tokens",
-        "16",
-        "--ignore-eos",
-        "--json",
-        "--compare-baseline",
-    )
+    return run("generate", "--target", target, "--draft", draft, *extra, stdin=stdin)
+
+
+def test_generate_json_with_baseline(model_dirs):
+    flags = ["-k", "3", "--max-new-tokens", "16", "--ignore-eos", "--json", "--compare-baseline"]
+    proc = generate(model_dirs, "--prompt", "def f(x):", *flags)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert len(report["token_ids"]) == 16 and report["finish_reason"] == "length"
@@ -39,22 +30,8 @@ def test_generate_json_with_baseline(model_dirs):
 
 
 def test_generate_stream_from_stdin(model_dirs):
-    target, draft = map(str, model_dirs)
-    proc = run(
-        "generate",
-        "--target",
-        target,
-        "--draft",
-        draft,
-        "--stream",
-        "--max-new-tokens",
-        "8",
-        "--temperature",
-        "0.8",
-        "--seed",
-        "1",
-        stdin="abc",
-    )
+    flags = ["--stream", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "1"]
+    proc = generate(model_dirs, *flags, stdin="abc")
     assert proc.returncode == 0, proc.stderr
     assert "tok/s" in proc.stderr and "acceptance" in proc.stderr
 
@@ -69,9 +46,7 @@ def test_generate_stream_from_stdin(model_dirs):
     ],
 )
 def test_bad_input_exits_with_a_message(model_dirs, extra, code, message):
-    target, draft = map(str, model_dirs)
-    args = ["generate", "--target", target, "--draft", draft]
-    proc = run(*args, *(extra if "--prompt" in extra else ["--prompt", "abc", *extra]))
+    proc = generate(model_dirs, *(extra if "--prompt" in extra else ["--prompt", "abc", *extra]))
     assert proc.returncode == code
     assert message in proc.stderr and "Traceback" not in proc.stderr
 

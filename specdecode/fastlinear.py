@@ -1,0 +1,134 @@
+"""A verification path whose cost for 2..16 tokens is close to the one-token cost, on a CPU.
+
+Stock `F.linear` over a few rows costs 2-3x one row on this kind of CPU (the matrix code, not the
+memory, sets the cost; see docs/benchmarks.md). `small_rows_linear` (csrc/small_rows_linear.cpp,
+built on first use with the machine's compiler, AVX-512 or AVX2) reads each weight row once for
+all rows, widening bfloat16 weights to float32 in registers. `use_fast_linear(model)` routes every
+projection over at most 16 rows through it and leaves longer inputs (prefill) to PyTorch. The
+weights are the model's own tensors: no copy, no extra memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+MAX_ROWS = 16
+_enabled = True
+SOURCE = Path(__file__).parent / "csrc" / "small_rows_linear.cpp"
+
+
+@cache
+def extension():
+    """The compiled kernel module (built once per machine, cached by torch), or None if it cannot be built."""
+    from torch.utils.cpp_extension import load
+
+    try:
+        return load(
+            name="specdecode_small_rows_linear",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as err:  # no compiler, no AVX2: stock kernels still give exact results
+        log.warning("fast verification kernel unavailable (%s); using stock PyTorch kernels", err)
+        return None
+
+
+def small_rows_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[n, in] @ [out, in]^T (* scale per output) (+ bias) for n <= 16 rows -> [n, out], in x's dtype.
+
+    weight: float32, bfloat16, or int8 with a float32 `scale` [out].
+    """
+    return extension().small_rows_linear(x, weight, bias, scale)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-row int8: (q [out, in] int8, scale [out] float32), weight ~ q * scale."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+@contextmanager
+def stock_kernels() -> Iterator[None]:
+    """Inside this block FastLinear runs PyTorch's own `F.linear` (to compare both on one model)."""
+    global _enabled
+    saved, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = saved
+
+
+class FastLinear(nn.Module):
+    """Drop-in for nn.Linear: inputs of at most 16 rows go through `small_rows_linear`.
+
+    With `int8=True` the weight is stored as per-row int8 (a draft only: it changes speed, not output).
+    """
+
+    def __init__(self, linear: nn.Linear, int8: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = linear.bias
+        if int8:
+            q, scale = quantize_int8(linear.weight)
+            self.register_buffer("weight", q)
+            self.register_buffer("scale", scale)
+        else:
+            self.weight, self.scale = linear.weight, None  # the same Parameter: shared, not copied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if not _enabled or rows > MAX_ROWS or torch.is_grad_enabled() and self.weight.requires_grad:
+            weight = self.weight if self.scale is None else (self.weight.float() * self.scale[:, None]).to(x.dtype)
+            return F.linear(x, weight, self.bias)
+        y = small_rows_linear(x.reshape(rows, self.in_features), self.weight, self.bias, self.scale)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def use_fast_linear(model: nn.Module, int8: bool = False) -> int:
+    """Replace every float32/bfloat16 nn.Linear on the CPU in `model` by FastLinear; returns how many.
+
+    `int8=True` also stores their weights as per-row int8 (for a draft model). Returns 0 (and changes
+    nothing) when the kernel cannot be built on this machine.
+    """
+    if extension() is None:
+        return 0
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) in (nn.Linear, FastLinear)
+        and child.weight.device.type == "cpu"
+        and child.weight.dtype in (torch.float32, torch.bfloat16)
+        and child.weight.is_contiguous()
+        and (int8 or type(child) is nn.Linear)
+    ]
+    for parent, name, child in targets:
+        setattr(parent, name, FastLinear(child, int8))
+    return len(targets)
+
+
+def use_small_rows_path(model: nn.Module, int8: bool = False) -> int:
+    """The CPU verification path: `use_fast_linear`, and eager attention.
+
+    Eager attention computes each query's row the same way whatever the number of queries in the
+    pass; PyTorch's fused SDPA does not (in bfloat16 this flips near-ties, so greedy speculative
+    output could drift from target-only output). Returns the number of projections replaced.
+    """
+    replaced = use_fast_linear(model, int8)
+    if replaced and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    return replaced
