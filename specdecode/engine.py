@@ -150,14 +150,14 @@ class SpeculativeDecoder:
         else:
             draft_model = None
         fast = kernels == "small-rows" or kernels == "auto" and target_model.device.type == "cpu"
-        for model in (target_model, draft_model) if fast else ():
-            if model is not None:
-                use_small_rows_path(model)
-        if draft_quantization == "int8":
-            if draft_model is None:
-                raise ValueError("draft_quantization='int8' needs a draft model")
-            if use_small_rows_path(draft_model, int8=True) == 0:
-                raise RuntimeError("an int8 draft needs the small-rows kernel, which could not be built here")
+        int8 = draft_quantization == "int8"
+        if int8 and draft_model is None:
+            raise ValueError("draft_quantization='int8' needs a draft model")
+        if fast:
+            use_small_rows_path(target_model)
+        replaced = use_small_rows_path(draft_model, int8=int8) if draft_model is not None and (fast or int8) else 0
+        if int8 and replaced == 0:
+            raise RuntimeError("an int8 draft needs the small-rows kernel, which could not be built here")
         return cls(target_model, draft_model, tokenizer, draft_tokenizer=draft_tokenizer, **options)
 
     # -- public API ---------------------------------------------------------------------------

@@ -114,7 +114,6 @@ def use_fast_linear(model: nn.Module, int8: bool = False) -> int:
         and child.weight.device.type == "cpu"
         and child.weight.dtype in (torch.float32, torch.bfloat16)
         and child.weight.is_contiguous()
-        and (int8 or type(child) is nn.Linear)
     ]
     for parent, name, child in targets:
         setattr(parent, name, FastLinear(child, int8))

@@ -97,3 +97,16 @@ def test_ngram_proposer_and_k_policies(model_dirs, k):
 def test_bad_k_is_refused_by_the_parser(model_dirs):
     proc = run("generate", "--target", str(model_dirs[0]), "-k", "lots", "--prompt", "x")
     assert proc.returncode == 2 and "expected an integer, 'auto' or 'heuristic'" in proc.stderr
+
+
+def test_int8_draft_keeps_output_identical(model_dirs):
+    flags = ["--draft-quantization", "int8", "-k", "3", "--max-new-tokens", "12", "--ignore-eos", "--json"]
+    proc = generate(model_dirs, "--prompt", "def f(x):", *flags, "--compare-baseline")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["baseline"]["identical"] is True
+
+
+def test_check_refuses_a_proposer_without_a_draft_model(model_dirs):
+    target, draft = map(str, model_dirs)
+    proc = run("check", "--target", target, "--draft", draft, "--proposer", "ngram+draft")
+    assert proc.returncode == 2 and "check measures a draft model" in proc.stderr and "Traceback" not in proc.stderr
