@@ -58,3 +58,58 @@ def accept_sampled(
         return n, int(sample(target_probs[k], generator))
     q = torch.zeros_like(target_probs[n]).scatter_(-1, index[n], 1.0) if draft_probs is None else draft_probs[n]
     return n, int(sample(residual(target_probs[n], q), generator))
+
+
+# -- token trees: node i has token tokens[i] and parent parents[i] (-1 for the root); row 0 of the
+# target's output is the root's position and row i + 1 node i's. Guesses are deterministic (q = one-hot).
+
+
+def children_of(parents: list[int]) -> list[list[int]]:
+    """children[r] for each row r: the root's children at r = 0, node i's at r = i + 1 (in order)."""
+    children: list[list[int]] = [[] for _ in range(len(parents) + 1)]
+    for i, parent in enumerate(parents):
+        children[parent + 1].append(i)
+    return children
+
+
+def accept_tree_greedy(tokens: list[int], parents: list[int], target_logits: torch.Tensor) -> tuple[list[int], int]:
+    """Greedy target: follow the child equal to the target's argmax while there is one.
+
+    target_logits: [N+1, V]. Returns (accepted path as node indices, next token).
+    """
+    choices = target_logits.argmax(-1).tolist()  # [N+1]
+    children = children_of(parents)
+    path, row = [], 0
+    while True:
+        match = next((c for c in children[row] if tokens[c] == choices[row]), None)
+        if match is None:
+            return path, choices[row]
+        path.append(match)
+        row = match + 1
+
+
+def accept_tree_sampled(
+    tokens: list[int], parents: list[int], target_probs: torch.Tensor, generator: torch.Generator | None
+) -> tuple[list[int], int]:
+    """Recursive rejection over siblings (SpecInfer; guide section 2) for deterministic guesses.
+
+    At a node with target distribution p, try its children in order: accept child x with
+    probability p(x); on rejection p <- norm(max(0, p - one-hot(x))), i.e. x removed. Descend into
+    an accepted child; when all are rejected (or at a leaf) draw the next token from p.
+    target_probs: [N+1, V]. Returns (accepted path as node indices, next token).
+    """
+    children = children_of(parents)
+    path, row = [], 0
+    while True:
+        p = target_probs[row]
+        for child in children[row]:
+            x = tokens[child]
+            u = torch.rand((), generator=generator, device=p.device, dtype=p.dtype)
+            if u * p.sum() < p[x]:  # p is kept unnormalised: accept with p(x) / sum(p)
+                path.append(child)
+                break
+            p = p.clone()
+            p[x] = 0.0
+        else:
+            return path, int(sample(p, generator))
+        row = path[-1] + 1

@@ -1,4 +1,4 @@
-"""`specdecode check`: measure what a target/draft pair costs on this machine and which K to use."""
+"""`specdecode check`: measure what a target and its proposer cost on this machine and which K to use."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from specdecode.engine import SpeculativeDecoder
-from specdecode.policy import best_k, expected_speedup, measure_pass_costs
-from specdecode.proposers import DraftModelProposer
+from specdecode.policy import best_k, expected_speedup, measure_pass_costs, step_costs
 from specdecode.stats import DecodeStats
 
 BUILTIN_PROMPTS = (
@@ -20,11 +19,13 @@ BUILTIN_PROMPTS = (
 
 @dataclass
 class CheckReport:
+    proposer: str
+    width: int  # guesses per depth: a tree's width, 1 for a chain
     target_ms: float  # one target pass over one token
-    draft_ms: float  # one draft pass over one token
+    guess_ms: float  # the proposer's time for one depth (one draft pass; 0 for n-gram lookup)
     verify_ms: dict[int, float]  # n -> one target pass over n tokens
     acceptance_rate: float  # accepted / drafted (vLLM's definition)
-    token_acceptance: float  # alpha for the formulas
+    token_acceptance: float  # alpha for the formulas: per depth
     mean_acceptance_length: float
     recommended_k: int
     expected_speedup: float
@@ -34,14 +35,16 @@ class CheckReport:
         return asdict(self)
 
     def render(self) -> str:
-        n_max = max(self.verify_ms)
+        sizes = sorted(self.verify_ms)
+        tree = f" ({self.width} wide: K is the depth, a step checks {self.width}K + 1 tokens)" if self.width > 1 else ""
         lines = [
-            f"target: {self.target_ms:.1f} ms per token; draft: {self.draft_ms:.1f} ms per token "
-            f"(cost ratio {self.draft_ms / self.target_ms:.2f})",
+            f"proposer: {self.proposer}{tree}",
+            f"target: {self.target_ms:.1f} ms per token; proposer: {self.guess_ms:.1f} ms per guess depth "
+            f"(cost ratio {self.guess_ms / self.target_ms:.2f})",
             "verify cost, one target pass over n tokens (relative to n = 1):",
-            "  n    " + " ".join(f"{n:>6}" for n in range(1, n_max + 1)),
-            "  ms   " + " ".join(f"{self.verify_ms[n]:6.0f}" for n in range(1, n_max + 1)),
-            "  x    " + " ".join(f"{self.verify_ms[n] / self.verify_ms[1]:6.2f}" for n in range(1, n_max + 1)),
+            "  n    " + " ".join(f"{n:>6}" for n in sizes),
+            "  ms   " + " ".join(f"{self.verify_ms[n]:6.0f}" for n in sizes),
+            "  x    " + " ".join(f"{self.verify_ms[n] / self.verify_ms[1]:6.2f}" for n in sizes),
             f"acceptance on built-in prompts (greedy): {self.acceptance_rate:.1%} of guesses, "
             f"alpha = {self.token_acceptance:.2f}, mean acceptance length {self.mean_acceptance_length:.2f}",
             "expected speedup by K: " + ", ".join(f"K={k} {s:.2f}x" for k, s in self.speedup_by_k.items()),
@@ -51,35 +54,39 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def run_check(dec: SpeculativeDecoder, k_max: int = 8, new_tokens: int = 32, progress=sys.stderr) -> CheckReport:
+def run_check(
+    dec: SpeculativeDecoder, proposer: str, k_max: int = 8, new_tokens: int = 32, progress=sys.stderr
+) -> CheckReport:
     """Measure costs and acceptance, then pick the K with the best expected speedup."""
-    if not isinstance(dec.proposer, DraftModelProposer):
-        raise ValueError("check measures a draft model: use --proposer draft with --draft or --draft-layers")
+    if dec.proposer is None:
+        raise ValueError("check needs a proposer: --draft or --draft-layers, or --proposer ngram")
+    width = getattr(dec.proposer, "width", 1)
     context = (dec.encode(BUILTIN_PROMPTS[0]) * 8)[:96]
     print("measuring the target's verify-cost curve ...", file=progress, flush=True)
-    curve = {n: s * 1000 for n, s in measure_pass_costs(dec.target, context, range(1, k_max + 2)).items()}
-    print("measuring the draft's cost ...", file=progress, flush=True)
-    draft_ms = measure_pass_costs(dec.proposer.draft, context, [1], repeats=5)[1] * 1000
+    sizes = sorted({1, *range(2, k_max + 2), *(width * k + 1 for k in range(k_max + 1))})
+    curve = {n: s * 1000 for n, s in measure_pass_costs(dec.target, context, sizes).items()}
     total = DecodeStats()
     for i, prompt in enumerate(BUILTIN_PROMPTS):
         print(f"measuring acceptance: prompt {i + 1}/{len(BUILTIN_PROMPTS)} ...", file=progress, flush=True)
         stats = dec.generate(prompt, new_tokens, num_speculative_tokens=min(4, k_max), ignore_eos=True).stats
-        total.accepted += stats.accepted
-        total.drafted += stats.drafted
-        total.rejections += stats.rejections
-        total.target_passes += stats.target_passes
+        for name in ("accepted", "drafted", "rejections", "target_passes"):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+    guess_ms = (dec.proposer.guess_cost() or 0.0) * 1000  # median of the last guesses
     dec.reset()
     alpha = total.token_acceptance
-    draft_cost = draft_ms / curve[1]
-    k, speedup = best_k(alpha, draft_cost, curve)
+    steps = step_costs(curve.get, width, k_max)
+    guess_cost = guess_ms / curve[1]
+    k, speedup = best_k(alpha, guess_cost, steps)
     return CheckReport(
+        proposer=proposer,
+        width=width,
         target_ms=curve[1],
-        draft_ms=draft_ms,
+        guess_ms=guess_ms,
         verify_ms=curve,
         acceptance_rate=total.acceptance_rate,
         token_acceptance=alpha,
         mean_acceptance_length=total.mean_acceptance_length,
         recommended_k=k,
         expected_speedup=speedup,
-        speedup_by_k={k: expected_speedup(alpha, k, draft_cost, curve) for k in range(0, k_max + 1)},
+        speedup_by_k={k: expected_speedup(alpha, k, guess_cost, steps) for k in range(0, k_max + 1)},
     )

@@ -17,7 +17,9 @@ EXAMPLES = """examples:
   specdecode generate --target ./models/target --proposer ngram --prompt-file edit_this_code.txt --stream
   specdecode generate --target ./t --draft ./d -k auto --prompt "def f(x):" --json
   echo "Explain KV caches" | specdecode generate --target ./t --draft ./d --chat --temperature 0.7 --seed 1
+  specdecode generate --target ./t --draft ./d --proposer tree --tree-width 2 --tree-depth 4 --prompt "def f(x):"
   specdecode check --target ./models/target --draft ./models/draft
+  specdecode check --target ./models/target --proposer ngram
 """
 
 
@@ -38,9 +40,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--proposer",
         default="draft",
         choices=PROPOSERS,
-        help="who guesses: the draft model, n-gram lookup in the prompt and output (no draft needed), "
-        "or lookup first and the draft where it finds nothing (default: draft)",
+        help="who guesses: the draft model; n-gram lookup in the prompt and output (no draft needed); "
+        "a tree of draft guesses (--tree-width wide, K deep) checked in one pass; or lookup first and "
+        "the draft where it finds nothing (default: draft)",
     )
+    p.add_argument("--tree-width", type=int, default=2, help="tree proposer: guesses per depth (default 2)")
     p.add_argument("--ngram-max", type=int, default=4, help="longest n-gram to look up (default 4)")
     p.add_argument("--ngram-min", type=int, default=1, help="shortest n-gram to look up (default 1)")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: as stored)")
@@ -91,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="guesses per step: N (0: plain decoding), 'auto' (chosen each step from measured costs and "
         "acceptance) or 'heuristic' (+2 after a full acceptance, -1 otherwise); default 4",
     )
+    gen.add_argument("--tree-depth", type=int, help="tree proposer: the tree's depth, the same as -k N")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     gen.add_argument("--top-k", type=int, default=0)
@@ -127,6 +132,7 @@ def _load(args: argparse.Namespace) -> SpeculativeDecoder:
         proposer=args.proposer,
         ngram_max=args.ngram_max,
         ngram_min=args.ngram_min,
+        tree_width=args.tree_width,
     )
 
 
@@ -143,6 +149,10 @@ def _read_prompt(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if args.tree_depth is not None:
+        if args.proposer != "tree":
+            raise ValueError("--tree-depth needs --proposer tree")
+        args.num_speculative_tokens = args.tree_depth
     prompt = _read_prompt(args)
     sampling = SamplingParams(
         temperature=args.temperature,
@@ -209,10 +219,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from specdecode.check import run_check
 
-    if args.draft is None and args.draft_layers is None:
-        raise ValueError("check needs --draft or --draft-layers (it measures a draft model)")
     dec = _load(args)
-    report = run_check(dec, k_max=args.max_k)
+    report = run_check(dec, args.proposer, k_max=args.max_k)
     if args.json:
         print(json.dumps({"compatible": True, **report.to_dict()}))
     else:

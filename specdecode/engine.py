@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from specdecode.acceptance import accept_greedy, accept_sampled
+from specdecode.acceptance import accept_greedy, accept_sampled, accept_tree_greedy, accept_tree_sampled
 from specdecode.fastlinear import use_small_rows_path
 from specdecode.kv import CachedModel
 from specdecode.loading import (
@@ -24,13 +24,21 @@ from specdecode.loading import (
 )
 from specdecode.output import OutputTracker
 from specdecode.policy import AutoK, FixedK, HeuristicK, KPolicy, calibrate
-from specdecode.proposers import DraftModelProposer, NgramProposer, NgramThenDraftProposer, Proposal, Proposer
+from specdecode.proposers import (
+    DraftModelProposer,
+    NgramProposer,
+    NgramThenDraftProposer,
+    Proposal,
+    Proposer,
+    TreeProposer,
+)
 from specdecode.sampling import SamplingParams, check_finite, logits_to_probs
 from specdecode.stats import DecodeStats
 
 Prompt = str | Sequence[int] | Sequence[dict]
 NumSpeculativeTokens = int | str  # K >= 0, "auto" or "heuristic"
 AUTO_K_MAX = 8
+AUTO_TREE_NODES_MAX = 16  # "auto" grows a tree of width w to depth at most 16 // w
 
 
 @dataclass
@@ -49,12 +57,17 @@ class StreamChunk:
     stats: DecodeStats
 
 
-PROPOSERS = ("draft", "ngram", "ngram+draft")
+PROPOSERS = ("draft", "ngram", "tree", "ngram+draft")
 KERNELS = ("auto", "small-rows", "stock")
 
 
 def make_proposer(
-    name: str | Proposer, draft: PreTrainedModel | None, vocab_size: int, ngram_max: int, ngram_min: int
+    name: str | Proposer,
+    draft: PreTrainedModel | None,
+    vocab_size: int,
+    ngram_max: int,
+    ngram_min: int,
+    tree_width: int,
 ) -> Proposer | None:
     """The proposer called `name` (None for "draft" without a draft model: plain decoding only)."""
     if not isinstance(name, str):
@@ -64,12 +77,14 @@ def make_proposer(
     if name == "ngram":
         return NgramProposer(ngram_max, ngram_min)
     if draft is None:
-        if name == "ngram+draft":
-            raise ValueError("the ngram+draft proposer needs a draft model")
+        if name != "draft":
+            raise ValueError(f"the {name} proposer needs a draft model")
         return None
     model_proposer = DraftModelProposer(draft, vocab_size)
     if name == "draft":
         return model_proposer
+    if name == "tree":
+        return TreeProposer(model_proposer, tree_width)
     return NgramThenDraftProposer(NgramProposer(ngram_max, ngram_min), model_proposer)
 
 
@@ -87,9 +102,11 @@ class SpeculativeDecoder:
         proposer: str | Proposer = "draft",
         ngram_max: int = 4,
         ngram_min: int = 1,
+        tree_width: int = 2,
     ) -> None:
-        """`proposer`: "draft" (the draft model), "ngram" (prompt lookup, no draft needed),
-        "ngram+draft" (lookup first, the draft where it finds nothing), or a Proposer object."""
+        """`proposer`: "draft" (the draft model), "ngram" (prompt lookup, no draft needed), "tree"
+        (a draft token tree `tree_width` wide; K is its depth), "ngram+draft" (lookup first, the
+        draft where it finds nothing), or a Proposer object."""
         if tokenizer is None:
             raise ValueError("a tokenizer is required (the target's)")
         if draft_tokenizer is not None:
@@ -108,7 +125,7 @@ class SpeculativeDecoder:
                 "move both to one device"
             )
         self.target = CachedModel(target, self.vocab_size)
-        self.proposer = make_proposer(proposer, draft, self.vocab_size, ngram_max, ngram_min)
+        self.proposer = make_proposer(proposer, draft, self.vocab_size, ngram_max, ngram_min, tree_width)
         self.eos_ids = eos_token_ids(target, tokenizer)
         lengths = [n for n in (context_length(target), draft and context_length(draft)) if n]
         self.max_context = min(lengths) if lengths else None
@@ -132,7 +149,7 @@ class SpeculativeDecoder:
         `draft_layers=N` (instead of `draft`) makes the draft from the target's first N layers.
         `kernels`: "auto" (the default: on a CPU, the small-rows verification path of
         `specdecode.fastlinear` when it builds here, else PyTorch's), "small-rows" or "stock".
-        Other keyword arguments (`proposer`, `ngram_max`, `ngram_min`) go to the constructor.
+        Other keyword arguments (`proposer`, `ngram_max`, `ngram_min`, `tree_width`) go to the constructor.
         """
         if kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
@@ -259,26 +276,41 @@ class SpeculativeDecoder:
             # 1. propose: at most as many guesses as can still be emitted after this pass
             k_step = min(policy.next_k(), output.max_new_tokens - len(output) - 1)
             guess = self.proposer.propose(tokens, k_step, draft_warp, generator) if k_step else Proposal([], None)
-            # 2. verify: one target pass over the uncached tokens and the K guesses -> [K+1, V]
-            logits = self.target.next_logits(tokens, guess.tokens)
+            # 2. verify: one target pass over the uncached tokens and the guesses -> [guesses + 1, V]
+            logits = self.target.next_logits(tokens, guess.tokens, guess.parents)
             check_finite(logits, "target model")
-            # 3. accept a prefix of the guesses and draw the token after it
-            guessed = torch.tensor(guess.tokens, dtype=torch.long, device=logits.device)
-            if sampling.greedy:
-                n, next_token = accept_greedy(guessed, logits)
-            else:
-                probs = logits_to_probs(logits, target_warp)
-                n, next_token = accept_sampled(guessed, guess.probs, probs, generator)
-            stats.record_step(len(guess), n)
-            policy.observe(len(guess), n)
+            # 3. accept guesses (a prefix of the chain, a path of the tree) and draw the token after
+            accepted, next_token = self._accept(guess, logits, sampling.greedy, target_warp, generator)
+            stats.record_step(guess.depth, len(accepted), drafted=len(guess))
+            policy.observe(guess.depth, len(accepted))
             # 4. commit, one token at a time, so nothing past a stop is emitted
             committed = []
-            for token in [*guess.tokens[:n], next_token]:
+            for token in [*accepted, next_token]:
                 tokens.append(token)
                 committed.append(token)
                 if output.append(token):
                     break
             yield committed
+
+    def _accept(
+        self, guess: Proposal, logits: torch.Tensor, greedy: bool, warp, generator: torch.Generator
+    ) -> tuple[list[int], int]:
+        """(accepted guesses, next token) from the target's logits [len(guess) + 1, V]."""
+        if guess.parents is not None:
+            if greedy:
+                path, next_token = accept_tree_greedy(guess.tokens, guess.parents, logits)
+            else:
+                path, next_token = accept_tree_sampled(
+                    guess.tokens, guess.parents, logits_to_probs(logits, warp), generator
+                )
+            self.target.keep_path(path)
+            return [guess.tokens[i] for i in path], next_token
+        guessed = torch.tensor(guess.tokens, dtype=torch.long, device=logits.device)
+        if greedy:
+            n, next_token = accept_greedy(guessed, logits)
+        else:
+            n, next_token = accept_sampled(guessed, guess.probs, logits_to_probs(logits, warp), generator)
+        return guess.tokens[:n], next_token
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -300,10 +332,12 @@ class SpeculativeDecoder:
             return HeuristicK()
         if k != "auto":
             return FixedK(k)
-        sizes = range(1, AUTO_K_MAX + 2)
+        width = getattr(self.proposer, "width", 1)  # guesses per depth: a tree's width
+        k_max = min(AUTO_K_MAX, max(1, AUTO_TREE_NODES_MAX // width))
+        sizes = [width * k + 1 for k in range(k_max + 1)]
         if self.proposer.guess_cost() is None or any(self.target.pass_cost(n) is None for n in sizes):
-            calibrate(self.target, self.proposer, prompt_ids, AUTO_K_MAX)  # once per decoder
-        return AutoK(self.target.pass_cost, self.proposer.guess_cost, AUTO_K_MAX)
+            calibrate(self.target, self.proposer, prompt_ids, sizes)  # once per decoder
+        return AutoK(self.target.pass_cost, self.proposer.guess_cost, k_max, width)
 
     def _draft_counters(self) -> tuple[float, int]:
         """(seconds in proposer passes, proposer passes) so far."""

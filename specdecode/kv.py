@@ -2,6 +2,10 @@
 
 Rolling back is cropping the cache; `sync` keeps the longest cached prefix of a token sequence,
 so a rejected guess, a new prompt that shares a prefix, or a fresh prompt all take one call.
+
+The cache may also end in a token tree: `forward(..., parents=...)` appends nodes that each see
+the sequence before the tree and their own ancestors only (a tree attention mask, position ids by
+depth); `keep_path` then keeps one root-to-node path, whichever branch it is, and drops the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class CachedModel:
         self.vocab_size = vocab_size  # logits beyond it (padding rows) are dropped
         self.cache = DynamicCache(config=model.config)
         self.ids: list[int] = []
+        self.tree_start: int | None = None  # cache positions from here on are tree nodes
+        self._tree: dict[int, tuple[int, int]] = {}  # node position -> (parent position, position id)
         self.passes = 0
         self.forward_s = 0.0
         self._pass_times: dict[int, deque[float]] = {}
@@ -44,9 +50,29 @@ class CachedModel:
         elif length < len(self.ids):
             self.cache.crop(length - len(self.ids))  # transformers 5: a negative count removes
         del self.ids[length:]
+        if self.tree_start is not None and length <= self.tree_start:
+            self.tree_start = None
+        self._tree = {pos: node for pos, node in self._tree.items() if pos < length}
+
+    def keep_path(self, path: Sequence[int]) -> None:
+        """Keep the tree nodes `path` (indices from the first node; the first a child of the tree's
+        root, each next one a child of the one before) and drop every other node."""
+        start = self.tree_start
+        if start is None:
+            raise RuntimeError("keep_path needs a token tree in the cache")
+        positions = [start + i for i in path]
+        index = torch.tensor(positions, dtype=torch.long, device=self.device)
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, index)], dim=-2)
+                layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, index)], dim=-2)
+        self.ids = self.ids[:start] + [self.ids[p] for p in positions]
+        self.tree_start, self._tree = None, {}
 
     def sync(self, tokens: Sequence[int], keep_at_most: int | None = None) -> None:
         """Roll back to the longest prefix shared with `tokens` (and at most `keep_at_most`)."""
+        if self.tree_start is not None:  # tree nodes are not a sequence: drop them
+            self.rollback(self.tree_start)
         n = min(len(self.ids), len(tokens))
         if self.ids[:n] != list(tokens[:n]):
             n = next(i for i, (a, b) in enumerate(zip(self.ids, tokens, strict=False)) if a != b)
@@ -55,11 +81,20 @@ class CachedModel:
         self.rollback(n)
 
     @torch.inference_mode()
-    def forward(self, new_ids: Sequence[int], num_logits: int) -> torch.Tensor:
-        """Append `new_ids` to the cache; return logits [num_logits, vocab_size] of the last ones."""
+    def forward(self, new_ids: Sequence[int], num_logits: int, parents: Sequence[int] | None = None) -> torch.Tensor:
+        """Append `new_ids` to the cache; return logits [num_logits, vocab_size] of the last ones.
+
+        With `parents`, the last len(parents) new tokens are tree nodes: parents[i] is the cache
+        position of node i's parent (the token before the tree or an earlier node, cached or new).
+        """
         start = time.perf_counter()
         input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits)
+        if parents is None and self.tree_start is not None:
+            raise RuntimeError("keep_path or roll back the token tree before appending a sequence")
+        tree = {} if parents is None else self._tree_inputs(len(new_ids) - len(parents), parents)
+        out = self.model(
+            input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits, **tree
+        )
         self.ids.extend(int(t) for t in new_ids)
         seconds = time.perf_counter() - start
         self.passes += 1
@@ -68,15 +103,50 @@ class CachedModel:
             self._pass_times.setdefault(len(new_ids), deque(maxlen=5)).append(seconds)
         return out.logits[0, -num_logits:, : self.vocab_size]
 
+    def _tree_inputs(self, num_linear: int, parents: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Attention mask [1, 1, n, L + n] (0 where a query may look, the dtype's minimum elsewhere)
+        and position ids [1, n] for `num_linear` sequence tokens then len(parents) tree nodes after
+        L cached positions. Records the nodes."""
+        length, n = len(self.ids), num_linear + len(parents)
+        for i, parent in enumerate(parents, start=num_linear):
+            if not 0 <= parent < length + i:
+                raise ValueError(f"a tree node's parent must be an earlier position, got {parent} at {length + i}")
+        if self.tree_start is None:
+            self.tree_start = length + num_linear
+        elif num_linear:
+            raise RuntimeError("sequence tokens cannot follow tree nodes")
+        dtype = self.model.dtype
+        mask = torch.full((n, length + n), torch.finfo(dtype).min, dtype=dtype, device=self.device)
+        position_ids = list(range(length, length + num_linear))
+        for i in range(num_linear):
+            mask[i, : length + i + 1] = 0.0
+        for i, parent in enumerate(parents, start=num_linear):
+            node, seen = parent, [length + i]
+            while node >= self.tree_start:  # climb to the root; the sequence up to it is seen whole
+                seen.append(node)
+                node = self._tree[node][0]
+            mask[i, : node + 1] = 0.0
+            mask[i, seen] = 0.0
+            depth = self._tree[parent][1] + 1 if parent >= self.tree_start else parent + 1
+            self._tree[length + i] = (parent, depth)
+            position_ids.append(depth)
+        positions = torch.tensor([position_ids], dtype=torch.long, device=self.device)
+        return {"attention_mask": mask[None, None], "position_ids": positions}
+
     def pass_cost(self, n: int) -> float | None:
         """Median seconds of the recent passes over n new tokens, None if there was none."""
         times = self._pass_times.get(n)
         return statistics.median(times) if times else None
 
-    def next_logits(self, tokens: Sequence[int], extra: Sequence[int] = ()) -> torch.Tensor:
-        """Logits after each of the last len(extra)+1 positions of tokens + extra: [len(extra)+1, V].
+    def next_logits(
+        self, tokens: Sequence[int], extra: Sequence[int] = (), tree: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Logits after the last token of `tokens` and after each of `extra`: [len(extra)+1, V].
 
-        Feeds whatever of `tokens` is not cached yet, then `extra`.
+        Feeds whatever of `tokens` is not cached yet, then `extra`: a chain, or with `tree` a token
+        tree where tree[i] is the index in `extra` of node i's parent (-1: the last of `tokens`).
         """
         self.sync(tokens, keep_at_most=len(tokens) - 1)
-        return self.forward([*tokens[len(self.ids) :], *extra], num_logits=len(extra) + 1)
+        new = [*tokens[len(self.ids) :], *extra]
+        parents = None if tree is None else [len(tokens) + j if j >= 0 else len(tokens) - 1 for j in tree]
+        return self.forward(new, num_logits=len(extra) + 1, parents=parents)

@@ -7,7 +7,7 @@ on a CPU it grows with n, so measure it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from specdecode.sampling import Warp
@@ -30,15 +30,35 @@ def expected_tokens_per_pass(alpha: float, k: int) -> float:
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
-def expected_speedup(alpha: float, k: int, draft_cost: float, verify_cost: Mapping[int, float]) -> float:
+def expected_tokens(rates: float | Sequence[float], k: int) -> float:
+    """E[tokens per target pass] with K guesses. `rates[i]`: the chance guess i + 1 is accepted when
+    all before it were (the last rate holds beyond the list); a single alpha is the closed form."""
+    if isinstance(rates, int | float):
+        return expected_tokens_per_pass(rates, k)
+    total, run = 1.0, 1.0
+    for i in range(k):
+        run *= rates[min(i, len(rates) - 1)]
+        total += run
+    return total
+
+
+def expected_speedup(
+    rates: float | Sequence[float], k: int, draft_cost: float, verify_cost: Mapping[int, float]
+) -> float:
     """Tokens per unit time relative to target-only decoding: E(K) / (K * draft_cost + verify_cost[K+1])."""
-    return expected_tokens_per_pass(alpha, k) / (k * draft_cost + verify_cost[k + 1] / verify_cost[1])
+    return expected_tokens(rates, k) / (k * draft_cost + verify_cost[k + 1] / verify_cost[1])
 
 
-def best_k(alpha: float, draft_cost: float, verify_cost: Mapping[int, float]) -> tuple[int, float]:
+def step_costs(cost: Callable[[int], float | None], width: int, k_max: int) -> dict[int, float | None]:
+    """{K + 1: cost of verifying a step of K guess depths}, the form `expected_speedup` takes:
+    a chain checks K + 1 tokens, a tree `width` wide checks width * K + 1."""
+    return {k + 1: cost(width * k + 1) for k in range(k_max + 1)}
+
+
+def best_k(rates: float | Sequence[float], draft_cost: float, verify_cost: Mapping[int, float]) -> tuple[int, float]:
     """(K, expected speedup) maximising the speedup over the K whose verify cost is known; K = 0 included."""
     candidates = [k for k in range(0, max(verify_cost)) if k + 1 in verify_cost]
-    return max(((k, expected_speedup(alpha, k, draft_cost, verify_cost)) for k in candidates), key=lambda x: x[1])
+    return max(((k, expected_speedup(rates, k, draft_cost, verify_cost)) for k in candidates), key=lambda x: x[1])
 
 
 class FixedK:
@@ -71,24 +91,32 @@ class HeuristicK:
 class AutoK:
     """K maximising expected tokens per second, each step (guide section 2).
 
-    Acceptance alpha is estimated from the guesses examined so far, decayed per step; costs are the
-    medians of the recent passes that `cost(n)` (target, n tokens) and `draft_cost()` report. K = 0
-    (plain decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... plain
+    Acceptance is estimated per position: rates[i] = P(guess i + 1 accepted | all before it were),
+    from the guesses examined there, decayed each time the position is examined, and shrunk towards
+    the rate of the position before (so a position never tried inherits it). Costs are the medians
+    of the recent passes that `cost(n)` (target, n tokens) and `draft_cost()` report. K = 0 (plain
+    decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... plain
     steps, so a draft that becomes useful again is noticed and a useless one costs little.
     """
 
-    def __init__(self, cost, draft_cost, k_max: int = 8, decay: float = 0.9) -> None:
-        self.cost, self.draft_cost, self.k_max, self.decay = cost, draft_cost, k_max, decay
-        self.accepted = self.examined = 0.0
+    def __init__(self, cost, draft_cost, k_max: int = 8, width: int = 1, decay: float = 0.9) -> None:
+        """`width`: guesses per depth (a tree's width); a step of depth K verifies width * K + 1 tokens."""
+        self.cost, self.draft_cost, self.k_max, self.width, self.decay = cost, draft_cost, k_max, width, decay
+        self.accepted_at = [0.0] * k_max  # decayed counts per position
+        self.examined_at = [0.0] * k_max
         self.plain_steps, self.probe_after = 0, 4
 
     @property
-    def alpha(self) -> float:
-        return (self.accepted + 1.0) / (self.examined + 2.0)  # uniform prior
+    def rates(self) -> list[float]:
+        out, prior = [], 0.5
+        for accepted, examined in zip(self.accepted_at, self.examined_at, strict=True):
+            prior = (accepted + 2.0 * prior) / (examined + 2.0)  # two pseudo-observations at the prior
+            out.append(prior)
+        return out
 
     def next_k(self) -> int:
-        curve = {n: self.cost(n) for n in range(1, self.k_max + 2)}
-        k, _ = best_k(self.alpha, self.draft_cost() / curve[1], curve)
+        curve = step_costs(self.cost, self.width, self.k_max)
+        k, _ = best_k(self.rates, self.draft_cost() / curve[1], curve)
         if k > 0:
             self.plain_steps, self.probe_after = 0, 4
             return k
@@ -99,9 +127,9 @@ class AutoK:
         return 1
 
     def observe(self, guessed: int, accepted: int) -> None:
-        if guessed:
-            self.accepted = self.decay * self.accepted + accepted
-            self.examined = self.decay * self.examined + accepted + (accepted < guessed)
+        for i in range(min(accepted + 1, guessed, self.k_max)):  # positions up to the first rejection
+            self.accepted_at[i] = self.decay * self.accepted_at[i] + (i < accepted)
+            self.examined_at[i] = self.decay * self.examined_at[i] + 1.0
 
 
 def measure_pass_costs(model, context: Sequence[int], sizes: Sequence[int], repeats: int = 3) -> dict[int, float]:
@@ -120,9 +148,9 @@ def measure_pass_costs(model, context: Sequence[int], sizes: Sequence[int], repe
     return {n: model.pass_cost(n) for n in sizes}
 
 
-def calibrate(target, proposer, context: Sequence[int], k_max: int, repeats: int = 2) -> None:
-    """Time target passes over 1..k_max+1 tokens and a few guesses, so that `pass_cost` and
+def calibrate(target, proposer, context: Sequence[int], sizes: Sequence[int], repeats: int = 2) -> None:
+    """Time target passes over each of `sizes` tokens and a few guesses, so that `pass_cost` and
     `guess_cost` know them before the first step of the `auto` policy."""
-    measure_pass_costs(target, context[:-1] or context, range(1, k_max + 2), repeats)
+    measure_pass_costs(target, context[:-1] or context, sizes, repeats)
     for _ in range(repeats + 1):
         proposer.propose(context, 3, Warp(temperature=0.0), None)

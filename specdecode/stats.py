@@ -27,10 +27,13 @@ class DecodeStats:
     draft_s: float = 0.0  # inside the proposer's forward passes
     first_token_s: float = 0.0
 
-    def record_step(self, guessed: int, accepted: int) -> None:
-        """One target pass that checked `guessed` tokens and accepted the first `accepted`."""
+    def record_step(self, guessed: int, accepted: int, drafted: int | None = None) -> None:
+        """One target pass that checked `guessed` positions and accepted the first `accepted`.
+
+        A tree checks `drafted` tokens over `guessed` depths; a chain drafted = guessed.
+        """
         self.target_passes += 1
-        self.drafted += guessed
+        self.drafted += guessed if drafted is None else drafted
         self.accepted += accepted
         self.rejections += accepted < guessed
         grow = guessed - len(self.drafted_at)

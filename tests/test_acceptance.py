@@ -9,7 +9,15 @@ import pytest
 import torch
 from tiny_models import chi_square_pvalue
 
-from specdecode.acceptance import accept_greedy, accept_sampled, first_false, residual
+from specdecode.acceptance import (
+    accept_greedy,
+    accept_sampled,
+    accept_tree_greedy,
+    accept_tree_sampled,
+    children_of,
+    first_false,
+    residual,
+)
 from specdecode.sampling import sample
 
 ALPHA = 1e-3
@@ -89,3 +97,66 @@ def test_greedy_accepts_matching_prefix_then_argmax():
     assert accept_greedy(torch.tensor([1, 2]), logits) == (1, 0)
     assert accept_greedy(torch.tensor([0, 0]), logits) == (0, 1)
     assert accept_greedy(torch.tensor([], dtype=torch.long), logits[:1]) == (0, 1)
+
+
+# -- token trees: the root has children 0, 1, 2 (tokens 3, 1, 4); node 0 has children 3, 4 (tokens 0, 2)
+TREE_TOKENS = [3, 1, 4, 0, 2]
+TREE_PARENTS = [-1, -1, -1, 0, 0]
+
+
+def test_tree_children_and_greedy_walk():
+    assert children_of(TREE_PARENTS) == [[0, 1, 2], [3, 4], [], [], [], []]
+    logits = torch.zeros(6, 6)
+    logits[0, 3] = logits[1, 2] = logits[5, 5] = 1.0  # root -> 3 (node 0) -> 2 (node 4) -> bonus 5
+    assert accept_tree_greedy(TREE_TOKENS, TREE_PARENTS, logits) == ([0, 4], 5)
+    logits[0] = 0.0
+    logits[0, 1] = logits[2, 0] = 1.0  # a later sibling (node 1, a leaf): bonus from its own row
+    assert accept_tree_greedy(TREE_TOKENS, TREE_PARENTS, logits) == ([1], 0)
+    logits[0] = 0.0
+    logits[0, 5] = 1.0  # no child matches
+    assert accept_tree_greedy(TREE_TOKENS, TREE_PARENTS, logits) == ([], 5)
+
+
+def tree_wrong_rule(tokens, parents, target_probs, generator):
+    """The bug the sibling recursion prevents: try each sibling against p unchanged, and draw
+    from p (not the residual) when all are rejected."""
+    children, path, row = children_of(parents), [], 0
+    while True:
+        p = target_probs[row]
+        for child in children[row]:
+            if torch.rand((), generator=generator, dtype=p.dtype) < p[tokens[child]]:
+                path.append(child)
+                break
+        else:
+            return path, int(sample(p, generator))
+        row = path[-1] + 1
+
+
+def tree_emitted(rule, probs, seed):
+    """(first token, second token or -1) over N trials of `rule` on the fixed tree."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(N):
+        path, nxt = rule(TREE_TOKENS, TREE_PARENTS, probs, g)
+        emitted = [TREE_TOKENS[i] for i in path] + [nxt]
+        out.append((emitted[0], emitted[1] if len(emitted) > 1 else -1))
+    return out
+
+
+def test_tree_recursive_rejection_is_distributed_as_p():
+    """First token ~ p at the root; after the first child (token 3) the next ~ p at that node."""
+    g = torch.Generator().manual_seed(5)
+    probs = torch.stack([random_dist(6, g, peak=1.0) for _ in range(6)])  # [N+1 = 6, V = 6]
+    emitted = tree_emitted(accept_tree_sampled, probs, seed=2)
+    first = np.bincount([a for a, _ in emitted], minlength=6)
+    assert chi_square_pvalue(first, probs[0].numpy()) > ALPHA
+    second = np.bincount([b for a, b in emitted if a == 3], minlength=6)
+    assert chi_square_pvalue(second, probs[1].numpy()) > ALPHA
+    assert sum(a == 1 for a, _ in emitted) > 0 and sum(a == 4 for a, _ in emitted) > 0  # later siblings won too
+
+
+def test_tree_wrong_rule_is_caught():
+    g = torch.Generator().manual_seed(5)
+    probs = torch.stack([random_dist(6, g, peak=1.0) for _ in range(6)])
+    first = np.bincount([a for a, _ in tree_emitted(tree_wrong_rule, probs, seed=2)], minlength=6)
+    assert chi_square_pvalue(first, probs[0].numpy()) < ALPHA

@@ -56,14 +56,19 @@ def test_missing_model_exits_with_a_message():
     assert proc.returncode == 2 and "no such model folder" in proc.stderr
 
 
-def test_check_recommends_a_k(model_dirs):
+@pytest.mark.parametrize("proposer", ["draft", "tree", "ngram"])
+def test_check_recommends_a_k(model_dirs, proposer):
     target, draft = map(str, model_dirs)
-    proc = run("check", "--target", target, "--draft", draft, "--max-k", "3", "--json")
+    with_draft = [] if proposer == "ngram" else ["--draft", draft]
+    proc = run("check", "--target", target, *with_draft, "--proposer", proposer, "--max-k", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["compatible"] is True and 0 <= report["recommended_k"] <= 3
-    assert set(report["verify_ms"]) == {"1", "2", "3", "4"}
+    widths = {"draft": 1, "tree": 2, "ngram": 1}
+    assert report["width"] == widths[proposer]
+    assert set(report["verify_ms"]) >= {str(widths[proposer] * k + 1) for k in range(4)}
     assert 0.0 <= report["acceptance_rate"] <= 1.0
+    assert (report["guess_ms"] == 0.0) == (proposer == "ngram")
 
 
 def test_help_has_examples():
@@ -106,7 +111,17 @@ def test_int8_draft_keeps_output_identical(model_dirs):
     assert json.loads(proc.stdout)["baseline"]["identical"] is True
 
 
-def test_check_refuses_a_proposer_without_a_draft_model(model_dirs):
-    target, draft = map(str, model_dirs)
-    proc = run("check", "--target", target, "--draft", draft, "--proposer", "ngram+draft")
-    assert proc.returncode == 2 and "check measures a draft model" in proc.stderr and "Traceback" not in proc.stderr
+def test_check_needs_a_proposer(model_dirs):
+    proc = run("check", "--target", str(model_dirs[0]))
+    assert proc.returncode == 2 and "check needs a proposer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tree_proposer_from_the_command_line(model_dirs):
+    flags = ["--proposer", "tree", "--tree-width", "3", "--tree-depth", "3", "--max-new-tokens", "12"]
+    proc = generate(model_dirs, "--prompt", "def f(x):", *flags, "--ignore-eos", "--json", "--compare-baseline")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["baseline"]["identical"] is True
+    stats = report["stats"]
+    assert stats["drafted"] > 0 and stats["drafted"] % 3 == 0  # width x depth nodes a step
+    assert len(stats["drafted_at"]) == 3  # per-position counts are per depth

@@ -4,7 +4,9 @@ import pytest
 import torch
 from tiny_models import ARCHS, make_model, make_tokenizer, perturbed_copy
 
+import specdecode.engine
 from specdecode import SpeculativeDecoder
+from specdecode.acceptance import accept_tree_greedy
 
 PROMPTS = ["def f(x):", "a", "print(1, 2) = 3\nfor i in range(10):", "the quick brown fox jumps"]
 TOKENIZER = make_tokenizer()
@@ -71,3 +73,25 @@ def test_max_new_tokens_is_never_exceeded(decoder):
         out = decoder.generate(PROMPTS[0], max_new_tokens=n, num_speculative_tokens=8, ignore_eos=True)
         assert len(out.token_ids) == n
         assert out.finish_reason == "length"
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_tree_proposer_is_identical_and_takes_other_branches(decoder, width, monkeypatch):
+    """Trees verified in one pass give the target's greedy tokens, also when a later branch wins."""
+    tree = SpeculativeDecoder(
+        decoder.target.model, decoder.proposer.draft.model, TOKENIZER, proposer="tree", tree_width=width
+    )
+    paths = []
+
+    def spy(tokens, parents, logits):
+        path, nxt = accept_tree_greedy(tokens, parents, logits)
+        paths.append(path)
+        return path, nxt
+
+    monkeypatch.setattr(specdecode.engine, "accept_tree_greedy", spy)
+    for prompt in PROMPTS:
+        baseline = decoder.generate(prompt, max_new_tokens=40, num_speculative_tokens=0, ignore_eos=True)
+        for k in (1, 3, 5, "auto"):
+            out = tree.generate(prompt, max_new_tokens=40, num_speculative_tokens=k, ignore_eos=True)
+            assert out.token_ids == baseline.token_ids, f"K={k}"
+    assert any(path and path[0] != 0 for path in paths)  # a branch other than the draft's first choice won

@@ -2,7 +2,14 @@
 
 import pytest
 
-from specdecode.policy import AutoK, HeuristicK, best_k, expected_speedup, expected_tokens_per_pass
+from specdecode.policy import (
+    AutoK,
+    HeuristicK,
+    best_k,
+    expected_speedup,
+    expected_tokens,
+    expected_tokens_per_pass,
+)
 from specdecode.stats import DecodeStats
 
 
@@ -73,4 +80,24 @@ def test_auto_follows_measured_costs():
     for _ in range(30):
         policy.observe(4, 4)
     k = policy.next_k()
-    assert k == best_k(policy.alpha, 0.1, cpu_curve)[0] == 4
+    assert k == best_k(policy.rates, 0.1, cpu_curve)[0] == 4
+
+
+def test_auto_learns_acceptance_per_position():
+    """Bursty acceptance: every other step rejects the first guess, the others accept all six.
+    The truth is 0.5 * 1 + 0.5 * 7 = 4 tokens a pass; one alpha (6/7 of guesses examined were
+    accepted) would predict 4.6, the per-position rates see the real pattern."""
+    policy = AutoK(cost=lambda n: 1.0 + 0.05 * n, draft_cost=lambda: 0.1, k_max=6)
+    for step in range(60):
+        policy.observe(6, 6 if step % 2 else 0)
+    rates = policy.rates
+    assert 0.3 < rates[0] < 0.7 and all(r > 0.85 for r in rates[1:])
+    assert policy.next_k() == 6
+    assert expected_tokens(rates, 6) == pytest.approx(4.0, abs=0.3)
+    assert expected_tokens_per_pass(6 / 7, 6) > 4.5
+
+
+def test_expected_tokens_with_rates():
+    assert expected_tokens(0.5, 3) == pytest.approx(expected_tokens_per_pass(0.5, 3))
+    assert expected_tokens([0.5, 1.0], 3) == pytest.approx(1 + 0.5 + 0.5 + 0.5)  # the last rate repeats
+    assert expected_tokens([0.0, 1.0], 5) == 1.0

@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from test_acceptance import wrong_accept
+from test_acceptance import tree_wrong_rule, wrong_accept
 from tiny_models import chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
 
 import specdecode.engine
@@ -69,6 +69,8 @@ CASES = {  # sampling, draft (index into `models`), K, proposer
     ),
     "n-gram lookup": (SamplingParams(temperature=1.0), 1, 2, "ngram"),
     "heuristic K, close draft": (SamplingParams(temperature=0.9), 2, "heuristic", "draft"),
+    "tree of width 2, close draft": (SamplingParams(temperature=1.0), 2, 2, "tree"),
+    "tree of width 2, top-p target": (SamplingParams(temperature=0.8, top_p=0.9), 1, 3, "tree"),
 }
 
 
@@ -85,6 +87,14 @@ def test_wrong_acceptance_rule_is_caught(models, monkeypatch):
     monkeypatch.setattr(specdecode.engine, "accept_sampled", wrong_accept)
     params, draft_index, k, _ = CASES["plain, unrelated draft"]
     decoder = SpeculativeDecoder(models[0], models[draft_index], TOKENIZER)
+    counts = sampled_counts(decoder, params, k)
+    assert chi_square_pvalue(counts, exact_distribution(models[0], params)) < ALPHA
+
+
+def test_wrong_tree_rule_is_caught(models, monkeypatch):
+    monkeypatch.setattr(specdecode.engine, "accept_tree_sampled", tree_wrong_rule)
+    params, draft_index, k, proposer = CASES["tree of width 2, close draft"]
+    decoder = SpeculativeDecoder(models[0], models[draft_index], TOKENIZER, proposer=proposer)
     counts = sampled_counts(decoder, params, k)
     assert chi_square_pvalue(counts, exact_distribution(models[0], params)) < ALPHA
 

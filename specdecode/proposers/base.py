@@ -13,13 +13,26 @@ from specdecode.sampling import Warp
 
 @dataclass
 class Proposal:
-    """A chain of K guessed tokens and, for a stochastic proposer, what they were drawn from."""
+    """A chain of K guessed tokens and, for a stochastic proposer, what they were drawn from;
+    or a tree of N deterministic guesses, node i a child of node parents[i] (-1: of the last
+    committed token), each node after its parent."""
 
-    tokens: list[int]  # [K]
+    tokens: list[int]  # [K] or [N]
     probs: torch.Tensor | None  # [K, V], or None when the guesses are deterministic
+    parents: list[int] | None = None  # [N] for a tree, None for a chain
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def depth(self) -> int:
+        """The number of guesses on the longest path: K for a chain."""
+        if self.parents is None:
+            return len(self.tokens)
+        depths: list[int] = []
+        for parent in self.parents:
+            depths.append(1 + (depths[parent] if parent >= 0 else 0))
+        return max(depths, default=0)
 
 
 class Proposer(Protocol):

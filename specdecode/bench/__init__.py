@@ -1,0 +1,1 @@
+"""Benchmark workloads and (later) the `specdecode bench` suite."""
