@@ -49,6 +49,7 @@ class NgramThenDraftProposer:
 
     def __init__(self, ngram: NgramProposer, draft) -> None:
         self.ngram, self.draft = ngram, draft
+        self.draft_share = 1.0  # recent fraction of steps the draft served (decayed)
 
     @property
     def forward_s(self) -> float:
@@ -61,9 +62,11 @@ class NgramThenDraftProposer:
     def reset(self) -> None:
         self.draft.reset()
 
-    def guess_cost(self) -> float | None:
-        return self.draft.guess_cost()
+    def guess_cost(self) -> float:
+        """The draft's cost per guess times the share of recent steps it served (lookups are free)."""
+        return self.draft_share * (self.draft.guess_cost() or 0.0)
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         guess = self.ngram.propose(tokens, k, warp, generator)
+        self.draft_share = 0.9 * self.draft_share + 0.1 * (not len(guess))
         return guess if len(guess) else self.draft.propose(tokens, k, warp, generator)
