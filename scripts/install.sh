@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with the CPU build of PyTorch (pinned, so no requirement pulls a CUDA build) and
-# specdecode with its test, benchmark and GGUF extras. Safe to run again.
+# specdecode with its test, benchmark, GGUF and server extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 echo "torch==2.13.0" > .venv/constraints.txt
 .venv/bin/python -m pip install -q -c .venv/constraints.txt "torch==2.13.0"
-.venv/bin/python -m pip install -q -c .venv/constraints.txt -e ".[test,bench,gguf]"
+.venv/bin/python -m pip install -q -c .venv/constraints.txt -e ".[test,bench,gguf,serve]"

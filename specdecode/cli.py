@@ -1,9 +1,10 @@
-"""`specdecode generate | check`: the command line."""
+"""`specdecode generate | check | serve`: the command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ EXAMPLES = """examples:
   specdecode generate --target ./t --draft ./d --proposer tree --tree-width 2 --tree-depth 4 --prompt "def f(x):"
   specdecode check --target ./models/target --draft ./models/draft
   specdecode check --target ./models/target --proposer ngram
+  specdecode serve --target Qwen/Qwen2.5-Coder-1.5B-Instruct --draft Qwen/Qwen2.5-Coder-0.5B-Instruct --port 8000
+  specdecode serve --target ./t --draft-layers 8 --api-key "$KEY" -k auto --max-pending 32
+      then: curl localhost:8000/v1/chat/completions -H "Authorization: Bearer $KEY" \
+            -d '{"model": "t", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32}'
 """
 
 
@@ -115,6 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = _subcommand(sub, "check", "are target and draft compatible, what do they cost here, which K to use")
     chk.add_argument("--max-k", type=int, default=8, help="largest K to consider")
+
+    srv = _subcommand(sub, "serve", "an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument(
+        "--api-key",
+        default=os.environ.get("SPECDECODE_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every route but /health (default: $SPECDECODE_API_KEY)",
+    )
+    srv.add_argument(
+        "--served-model-name", help="the model name clients send (default: the target's folder name or id)"
+    )
+    srv.add_argument(
+        "-k",
+        "--num-speculative-tokens",
+        type=num_speculative_tokens,
+        default="auto",
+        help="K when a request does not say (it may send num_speculative_tokens); default auto",
+    )
+    srv.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for")
+    srv.add_argument("--default-max-tokens", type=int, default=256, help="chat requests without max_tokens")
+    srv.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted (default: the context length)")
+    srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    srv.add_argument("--max-pending", type=int, default=64, help="requests queued + running; more get 429")
+    srv.add_argument("--max-n", type=int, default=16, help="largest n (choices per request)")
     return parser
 
 
@@ -229,10 +259,38 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from specdecode.server import ServerConfig, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dec = _load(args)
+    config = ServerConfig(
+        model_name=args.served_model_name or Path(args.target.rstrip("/")).name,
+        api_key=args.api_key,
+        num_speculative_tokens=args.num_speculative_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        default_max_tokens=args.default_max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_body_bytes=args.max_body_bytes,
+        max_pending=args.max_pending,
+        max_n=args.max_n,
+    )
+    print("warming up (kernels, and the auto policy's cost calibration) ...", file=sys.stderr, flush=True)
+    dec.generate("Hello", max_new_tokens=4, num_speculative_tokens=config.num_speculative_tokens)
+    dec.reset()
+    print(f"serving {config.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(dec, config), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": _generate, "check": _check}[args.command](args)
+        return {"generate": _generate, "check": _check, "serve": _serve}[args.command](args)
     except IncompatibleModelsError as err:
         print(f"error: incompatible models: {err}", file=sys.stderr)
         return 1

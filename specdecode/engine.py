@@ -242,7 +242,7 @@ class SpeculativeDecoder:
         """Validate, then run `_decode`, keeping the statistics current after every pass."""
         sampling = sampling or SamplingParams()
         prompt_ids = self.encode(prompt)
-        self._check_request(len(prompt_ids), max_new_tokens, k)
+        self.check_request(len(prompt_ids), max_new_tokens, k)
         output = OutputTracker(self.tokenizer, () if ignore_eos else self.eos_ids, sampling.stop, max_new_tokens)
         stats = DecodeStats(prompt_tokens=len(prompt_ids))
         target_s0, draft_s0, draft_passes0 = self.target.forward_s, *self._draft_counters()
@@ -314,7 +314,8 @@ class SpeculativeDecoder:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _check_request(self, prompt_len: int, max_new_tokens: int, k: NumSpeculativeTokens) -> None:
+    def check_request(self, prompt_len: int, max_new_tokens: int, k: NumSpeculativeTokens) -> None:
+        """Raise ValueError for a request that cannot run: bad max_new_tokens or K, or context overflow."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if k not in ("auto", "heuristic") and (not isinstance(k, int) or isinstance(k, bool) or k < 0):

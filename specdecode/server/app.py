@@ -1,0 +1,333 @@
+"""The OpenAI-compatible HTTP app: routes, limits, errors, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from specdecode.engine import NumSpeculativeTokens, SpeculativeDecoder
+from specdecode.sampling import NonFiniteLogitsError, SamplingParams
+from specdecode.server.metrics import Metrics
+from specdecode.server.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    envelope,
+    new_id,
+    speculative,
+    usage,
+)
+from specdecode.server.worker import Job, QueueFullError, Worker
+from specdecode.stats import DecodeStats
+
+log = logging.getLogger("specdecode.server")
+DISCONNECT_POLL_S = 0.5
+
+
+@dataclass
+class ServerConfig:
+    model_name: str
+    api_key: str | None = None
+    num_speculative_tokens: NumSpeculativeTokens = "auto"  # when a request does not say
+    max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
+    default_max_tokens: int = 256  # chat requests without max_tokens (completions default to 16, as OpenAI)
+    max_prompt_tokens: int | None = None  # None: only the model's context length limits it
+    max_body_bytes: int = 1 << 20
+    max_pending: int = 64  # requests queued + running; more are answered 429
+    max_n: int = 16
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    token_ids: int = 0
+    finish_reason: str | None = None
+    stats: DecodeStats | None = None
+
+
+def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
+    """The app for one decoder; its decoding thread starts now and stops at shutdown."""
+    metrics = Metrics()
+    worker = Worker(decoder, config.max_pending, on_tokens=metrics.generation_tokens.inc)
+    metrics.watch_queue(running=lambda: worker.running, waiting=lambda: worker.waiting)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.stop()
+
+    app = FastAPI(title="specdecode", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.worker, app.state.metrics = worker, metrics
+
+    def authorize(request: Request) -> None:
+        if config.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), config.api_key.encode()):
+            raise APIError(
+                401, "invalid or missing API key (send 'Authorization: Bearer <key>')", "authentication_error"
+            )
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError) -> JSONResponse:
+        metrics.requests.labels(endpoint=request.url.path, status=str(err.status)).inc()
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid(request: Request, err: ValidationError) -> JSONResponse:
+        return await _api_error(request, validation_message(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return await _api_error(request, APIError(err.status_code, str(err.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error")  # the trace goes to the log, never to the client
+        return await _api_error(request, APIError(500, "internal server error", "server_error"))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict:
+        card = {"id": config.model_name, "object": "model", "created": started, "owned_by": "specdecode"}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/metrics", dependencies=[Depends(authorize)])
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(request: Request):
+        req = CompletionRequest.model_validate(await _read_json(request, config.max_body_bytes), strict=False)
+        if req.echo or req.logprobs is not None or req.suffix or (req.best_of or req.n) != req.n:
+            raise APIError(400, "echo, logprobs, suffix and best_of are not supported")
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise APIError(
+                    400, "send one prompt per request (a list of several prompts is not supported)", param="prompt"
+                )
+            prompt = prompt[0]
+        return await _serve(request, req, prompt, req.max_tokens or 16, chat=False)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(request: Request):
+        req = ChatRequest.model_validate(await _read_json(request, config.max_body_bytes), strict=False)
+        if req.logprobs:
+            raise APIError(400, "logprobs are not supported", param="logprobs")
+        if decoder.tokenizer.chat_template is None:
+            raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        max_tokens = req.max_completion_tokens or req.max_tokens or config.default_max_tokens
+        return await _serve(request, req, messages, max_tokens, chat=True)
+
+    async def _serve(request: Request, req, prompt, max_tokens: int, chat: bool):
+        start = time.perf_counter()
+        job = _make_job(req, prompt, max_tokens)
+        try:
+            worker.submit(job)
+        except QueueFullError as err:
+            raise APIError(429, str(err), "rate_limit_error") from None
+        metrics.prompt_tokens.inc(len(job.prompt_ids))
+        request_id = new_id("chatcmpl" if chat else "cmpl")
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _stream(request, job, request_id, chat, include_usage, start)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        choices = await _collect(request, job, start)
+        if choices is None:  # the client went away
+            return Response(status_code=499)
+        body = envelope("chat.completion" if chat else "text_completion", request_id, config.model_name)
+        body["choices"] = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+            if chat
+            else {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+            for i, c in enumerate(choices)
+        ]
+        body["usage"] = usage(len(job.prompt_ids), sum(c.token_ids for c in choices))
+        body["speculative"] = speculative([c.stats for c in choices])
+        _finish(request, job, choices, start)
+        return JSONResponse(body)
+
+    def _make_job(req, prompt, max_tokens: int) -> Job:
+        """Validate the request against the model and the limits; 400 with the reason if it fails."""
+        if req.model != config.model_name:
+            message = f"the model {req.model!r} does not exist; this server has {config.model_name!r}"
+            raise APIError(404, message, param="model", code="model_not_found")
+        if req.n > config.max_n:
+            raise APIError(400, f"n must be at most {config.max_n}", param="n")
+        if max_tokens > config.max_tokens_limit:
+            raise APIError(400, f"max_tokens must be at most {config.max_tokens_limit}", param="max_tokens")
+        k = config.num_speculative_tokens if req.num_speculative_tokens is None else req.num_speculative_tokens
+        try:
+            prompt_ids = decoder.encode(prompt)
+            if config.max_prompt_tokens is not None and len(prompt_ids) > config.max_prompt_tokens:
+                raise ValueError(
+                    f"the prompt has {len(prompt_ids)} tokens; this server takes at most {config.max_prompt_tokens}"
+                )
+            decoder.check_request(len(prompt_ids), max_tokens, k)
+            seeds = [None if req.seed is None else req.seed + i for i in range(req.n)]
+            samplings = [
+                SamplingParams(
+                    temperature=req.temperature,
+                    top_k=req.top_k,
+                    top_p=req.top_p,
+                    min_p=req.min_p,
+                    seed=seed,
+                    stop=tuple(req.stop or ()),
+                )
+                for seed in seeds
+            ]
+        except ValueError as err:
+            raise APIError(400, str(err)) from None
+        return Job(prompt_ids, max_tokens, k, samplings, asyncio.get_running_loop())
+
+    async def _next_event(request: Request, job: Job):
+        """The job's next event, or None once the client has disconnected (the job is then cancelled)."""
+        while True:
+            try:
+                return await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled.set()
+                    return None
+
+    async def _collect(request: Request, job: Job, start: float) -> list[Choice] | None:
+        choices = [Choice() for _ in job.samplings]
+        try:
+            while (event := await _next_event(request, job)) is not None:
+                kind, index, payload = event
+                if kind == "done":
+                    return choices
+                if kind == "error":
+                    raise _generation_error(payload)
+                _add_chunk(choices[index], payload, start, first=not any(c.token_ids for c in choices))
+            return None
+        finally:
+            job.cancelled.set()  # no-op when done; frees the slot if this handler is cancelled
+
+    def _add_chunk(choice: Choice, chunk, start: float, first: bool) -> None:
+        if first and chunk.token_ids:
+            metrics.first_token.observe(time.perf_counter() - start)
+        choice.text += chunk.text
+        choice.token_ids += len(chunk.token_ids)
+        choice.finish_reason, choice.stats = chunk.finish_reason, chunk.stats
+        if chunk.finish_reason is not None:
+            metrics.record_generation(chunk.stats)
+
+    async def _stream(
+        request: Request, job: Job, request_id: str, chat: bool, include_usage: bool, start: float
+    ) -> AsyncIterator[str]:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        created = int(time.time())
+        choices = [Choice() for _ in job.samplings]
+
+        def sse(choice_list: list[dict], **extra) -> str:
+            body = {**envelope(kind, request_id, config.model_name, created), "choices": choice_list, **extra}
+            return f"data: {json.dumps(body)}\n\n"
+
+        try:
+            while True:
+                event = await _next_event(request, job)
+                if event is None:  # the client went away: stop here
+                    return
+                what, index, payload = event
+                if what == "done":
+                    break
+                if what == "error":
+                    yield f"data: {json.dumps(_generation_error(payload).body())}\n\n"
+                    return
+                choice = choices[index]
+                if chat and choice.stats is None:  # the first chunk of this choice says who speaks
+                    opening = {"index": index, "delta": {"role": "assistant", "content": ""}}
+                    yield sse([{**opening, "logprobs": None, "finish_reason": None}])
+                _add_chunk(choice, payload, start, first=not any(c.token_ids for c in choices))
+                if payload.text or payload.finish_reason:
+                    part = {"content": payload.text} if payload.text else {}
+                    item = {"index": index, "delta": part} if chat else {"index": index, "text": payload.text}
+                    yield sse([{**item, "logprobs": None, "finish_reason": payload.finish_reason}])
+            if include_usage:
+                completion = sum(c.token_ids for c in choices)
+                yield sse(
+                    [],
+                    usage=usage(len(job.prompt_ids), completion),
+                    speculative=speculative([c.stats for c in choices]),
+                )
+            yield "data: [DONE]\n\n"
+            _finish(request, job, choices, start)
+        finally:
+            job.cancelled.set()
+
+    def _finish(request: Request, job: Job, choices: list[Choice], start: float) -> None:
+        seconds = time.perf_counter() - start
+        metrics.latency.observe(seconds)
+        metrics.requests.labels(endpoint=request.url.path, status="200").inc()
+        spec = speculative([c.stats for c in choices])
+        completion = sum(c.token_ids for c in choices)
+        log.info(
+            "%s prompt=%d completion=%d n=%d finish=%s %.2fs %.1f tok/s acceptance=%.1f%% mean_acceptance_length=%.2f",
+            request.url.path,
+            len(job.prompt_ids),
+            completion,
+            len(choices),
+            ",".join(str(c.finish_reason) for c in choices),
+            seconds,
+            completion / seconds if seconds else 0.0,
+            100 * spec["acceptance_rate"],
+            spec["mean_acceptance_length"],
+        )
+
+    return app
+
+
+async def _read_json(request: Request, limit: int):
+    """The request body as JSON: 413 beyond `limit` bytes, 400 if it is not a JSON object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the request body is larger than {limit} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise APIError(413, f"the request body is larger than {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(400, f"the request body is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return data
+
+
+def _generation_error(err: Exception) -> APIError:
+    if isinstance(err, NonFiniteLogitsError):
+        return APIError(500, str(err), "server_error")
+    return APIError(500, "generation failed (see the server log)", "server_error")
+
+
+def validation_message(err: ValidationError) -> APIError:
+    first = err.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    return APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)

@@ -1,0 +1,56 @@
+"""Prometheus metrics for `/metrics`, named after vLLM's where the idea is the same."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from specdecode.stats import DecodeStats
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("specdecode_requests", "Requests answered", ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("specdecode_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter(
+            "specdecode_generation_tokens", "Tokens generated (also for requests cancelled later)", registry=r
+        )
+        self.drafts = Counter("specdecode_spec_decode_num_drafts", "Target passes that checked guesses", registry=r)
+        self.draft_tokens = Counter("specdecode_spec_decode_num_draft_tokens", "Tokens guessed", registry=r)
+        self.accepted_tokens = Counter("specdecode_spec_decode_num_accepted_tokens", "Guesses accepted", registry=r)
+        self.accepted_per_pos = Counter(
+            "specdecode_spec_decode_num_accepted_tokens_per_pos",
+            "Guesses accepted at each position (0 = the first guess of a step)",
+            ["position"],
+            registry=r,
+        )
+        self.acceptance_rate = Gauge(
+            "specdecode_spec_decode_acceptance_rate", "Accepted / drafted tokens since start", registry=r
+        )
+        self.mean_acceptance_length = Gauge(
+            "specdecode_spec_decode_mean_acceptance_length", "Tokens per target pass since start", registry=r
+        )
+        self.latency = Histogram("specdecode_e2e_request_latency_seconds", "Request latency", registry=r)
+        self.first_token = Histogram("specdecode_time_to_first_token_seconds", "Time to first token", registry=r)
+        self._totals = DecodeStats()
+
+    def watch_queue(self, running, waiting) -> None:
+        """`running` and `waiting`: callables giving the current number of requests."""
+        Gauge("specdecode_num_requests_running", "Requests being decoded", registry=self.registry).set_function(running)
+        Gauge("specdecode_num_requests_waiting", "Requests queued", registry=self.registry).set_function(waiting)
+
+    def record_generation(self, stats: DecodeStats) -> None:
+        """One finished choice (prompt tokens are counted once per request, by the caller)."""
+        self.drafts.inc(stats.target_passes)
+        self.draft_tokens.inc(stats.drafted)
+        self.accepted_tokens.inc(stats.accepted)
+        for position, accepted in enumerate(stats.accepted_at):
+            self.accepted_per_pos.labels(position=str(position)).inc(accepted)
+        t = self._totals
+        t.drafted, t.accepted, t.target_passes = (
+            t.drafted + stats.drafted,
+            t.accepted + stats.accepted,
+            t.target_passes + stats.target_passes,
+        )
+        self.acceptance_rate.set(t.acceptance_rate)
+        self.mean_acceptance_length.set(t.mean_acceptance_length)

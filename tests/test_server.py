@@ -1,0 +1,268 @@
+"""The real server (`specdecode serve` in a subprocess, tiny models saved to folders, a free
+loopback port), spoken to with the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from specdecode import SamplingParams, SpeculativeDecoder
+
+KEY = "test-key"
+MODEL = "tiny"
+K = 3
+LIMITS = {"--max-body-bytes": "20000", "--max-pending": "4", "--max-tokens-limit": "240", "--max-n": "4"}
+PROMPT = "def add(a, b):"
+CHAT = [{"role": "user", "content": "write a loop"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs, tmp_path_factory):
+    target, draft = map(str, model_dirs)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    args = ["serve", "--target", target, "--draft", draft, "--port", str(port), "--api-key", KEY]
+    args += ["--served-model-name", MODEL, "-k", str(K), *[x for kv in LIMITS.items() for x in kv]]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "specdecode", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the server did not start:\n" + log_path.read_text())
+    yield {"base": base, "log": log_path}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dirs):
+    """The decoder the server runs, loaded the same way, for expected outputs."""
+    return SpeculativeDecoder.from_pretrained(*map(str, model_dirs))
+
+
+def expected(reference, prompt, max_tokens, **sampling):
+    reference.reset()
+    return reference.generate(prompt, max_tokens, num_speculative_tokens=K, sampling=SamplingParams(**sampling))
+
+
+def raw(server, path, body: bytes | None = None, key: str | None = KEY, method: str = "POST"):
+    """(status, JSON body) of a raw HTTP request."""
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(server["base"] + path, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_completion_is_the_decoders_greedy_output(client, reference):
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=30, temperature=0)
+    want = expected(reference, PROMPT, 30)
+    assert out.choices[0].text == want.text and out.choices[0].finish_reason == want.finish_reason
+    assert out.usage.completion_tokens == len(want.token_ids)
+    assert out.usage.prompt_tokens == len(reference.encode(PROMPT))
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    assert out.object == "text_completion" and out.model == MODEL and out.id.startswith("cmpl-")
+    spec = out.model_extra["speculative"]
+    assert spec["draft_tokens"] >= spec["accepted_tokens"] > 0 and spec["mean_acceptance_length"] > 1
+
+
+def test_streamed_completion_with_usage(client, reference):
+    stream = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=30, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    want = expected(reference, PROMPT, 30)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == want.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(want.token_ids)
+    assert chunks[-1].model_extra["speculative"]["accepted_tokens"] > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_is_the_decoders_greedy_output(client, reference, stream):
+    want = expected(reference, CHAT, 25)
+    if stream:
+        chunks = list(
+            client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=25, temperature=0, stream=True)
+        )
+        assert chunks[0].choices[0].delta.role == "assistant"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        finish = chunks[-1].choices[0].finish_reason
+        assert all(c.object == "chat.completion.chunk" for c in chunks)
+    else:
+        out = client.chat.completions.create(model=MODEL, messages=CHAT, max_completion_tokens=25, temperature=0)
+        text, finish = out.choices[0].message.content, out.choices[0].finish_reason
+        assert out.usage.completion_tokens == len(want.token_ids) and out.choices[0].message.role == "assistant"
+    assert text == want.text and finish == want.finish_reason
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_samples_use_seeds_from_seed(client, reference, stream):
+    """Choice i is sampled with seed + i: each equals the decoder's own sample with that seed."""
+    request = dict(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=5, n=3, extra_body={"top_k": 10})
+    wants = [expected(reference, PROMPT, 12, temperature=1.0, top_k=10, seed=5 + i).text for i in range(3)]
+    if stream:
+        texts = [""] * 3
+        for chunk in client.completions.create(**request, stream=True):
+            for choice in chunk.choices:
+                texts[choice.index] += choice.text
+    else:
+        out = client.completions.create(**request)
+        texts = [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+    assert texts == wants
+    assert len(set(wants)) > 1  # the seeds differ, and so do the samples
+
+
+def test_stop_strings(client, reference):
+    full = expected(reference, PROMPT, 30).text
+    stop = full[5:7]
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=30, temperature=0, stop=[stop])
+    assert out.choices[0].text == expected(reference, PROMPT, 30, stop=(stop,)).text == full[: full.index(stop)]
+    assert out.choices[0].finish_reason == "stop"
+
+
+def test_models_health_and_metrics(client, server):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert raw(server, "/health", key=None, method="GET") == (200, {"status": "ok"})
+    client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0)
+    request = urllib.request.Request(server["base"] + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+    assert values["specdecode_spec_decode_num_draft_tokens_total"] > 0
+    assert values["specdecode_spec_decode_num_accepted_tokens_total"] > 0
+    assert 0 < values["specdecode_spec_decode_acceptance_rate"] <= 1
+    assert values['specdecode_spec_decode_num_accepted_tokens_per_pos_total{position="0"}'] > 0
+    assert values["specdecode_generation_tokens_total"] >= 8
+    assert "/v1/completions prompt=" in server["log"].read_text()  # one log line per request
+
+
+BAD = {  # name -> (path, body, key, expected status)
+    "malformed JSON": ("/v1/completions", b'{"model": "tiny", "prompt": ', KEY, 400),
+    "body not an object": ("/v1/completions", b"[1, 2]", KEY, 400),
+    "unknown model": ("/v1/completions", {"model": "gpt-9", "prompt": "a"}, KEY, 404),
+    "negative max_tokens": ("/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": -1}, KEY, 400),
+    "max_tokens over the limit": ("/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 241}, KEY, 400),
+    "temperature out of range": ("/v1/completions", {"model": MODEL, "prompt": "a", "temperature": 3}, KEY, 400),
+    "top_p out of range": ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "top_p": 0}, KEY, 400),
+    "n too large": ("/v1/completions", {"model": MODEL, "prompt": "a", "n": 5}, KEY, 400),
+    "empty prompt": ("/v1/completions", {"model": MODEL, "prompt": ""}, KEY, 400),
+    "no messages": ("/v1/chat/completions", {"model": MODEL, "messages": []}, KEY, 400),
+    "missing prompt": ("/v1/completions", {"model": MODEL}, KEY, 400),
+    "context overflow": ("/v1/completions", {"model": MODEL, "prompt": "ab" * 100, "max_tokens": 100}, KEY, 400),
+    "unsupported logprobs": ("/v1/completions", {"model": MODEL, "prompt": "a", "logprobs": 2}, KEY, 400),
+    "oversize body": ("/v1/completions", {"model": MODEL, "prompt": "a" * 30000}, KEY, 413),
+    "wrong API key": ("/v1/completions", {"model": MODEL, "prompt": "a"}, "wrong", 401),
+    "no API key": ("/v1/models", None, None, 401),
+    "unknown route": ("/v1/engines", {}, KEY, 404),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_gets_a_clear_error(server, case):
+    path, body, key, status = BAD[case]
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    got, reply = raw(server, path, data, key=key, method="GET" if body is None else "POST")
+    assert got == status, reply
+    assert set(reply) == {"error"} and reply["error"]["message"] and "Traceback" not in reply["error"]["message"]
+
+
+def test_openai_client_sees_the_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="a")
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model=MODEL, prompt="a", temperature=-1)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0).models.list()
+
+
+def test_a_full_queue_answers_429_and_loses_nothing(server, client):
+    """Twelve requests at once against room for four: the rest get 429, the accepted ones finish whole."""
+    results = []
+
+    def one():
+        try:
+            out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=200, temperature=0)
+            results.append((200, out.choices[0].finish_reason, out.usage.completion_tokens))
+        except openai.RateLimitError as err:
+            results.append((429, err.body["message"], None))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = [r[0] for r in results]
+    assert 429 in statuses and statuses.count(200) >= 4
+    full = [r for r in results if r[0] == 200]
+    assert all(tokens == full[0][2] for _, _, tokens in full)  # same greedy request, same complete answer
+
+
+def metric(server, name: str) -> float:
+    request = urllib.request.Request(server["base"] + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    for line in urllib.request.urlopen(request, timeout=10).read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
+def test_a_client_that_disconnects_stops_its_generation(server, client, reference):
+    prompt = "hello world"
+    full = expected(reference, prompt, 220)
+    assert len(full.token_ids) == 220  # uncut, this request would generate 220 tokens (about 1.5 s)
+    before = metric(server, "specdecode_generation_tokens_total")
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 220, "temperature": 0, "stream": True})
+    host, port = server["base"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        received = b""
+        while b"data: " not in received:  # headers first, then the first chunk; then hang up
+            part = sock.recv(4096)
+            assert part, "the server closed the stream"
+            received += part
+    deadline = time.time() + 10
+    while metric(server, "specdecode_num_requests_running") and time.time() < deadline:
+        time.sleep(0.05)
+    assert metric(server, "specdecode_num_requests_running") == 0
+    generated = metric(server, "specdecode_generation_tokens_total") - before
+    assert generated < 150, f"{generated} tokens generated after the client left"
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0)  # the slot is free
+    assert out.choices[0].finish_reason in ("length", "stop")
