@@ -108,7 +108,18 @@ async def run_level(base_url: str, key: str, concurrency: int, requests: int, ma
     start = time.perf_counter()
     with contextlib.suppress(TimeoutError):  # the bound on time: what finished is reported, the rest not sent
         await asyncio.wait_for(asyncio.gather(*(client_loop() for _ in range(concurrency))), limit_s)
-    return results, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    await client.close()
+    return results, wall
+
+
+def server_metrics(base_url: str, key: str) -> dict[str, float]:
+    """The server's Prometheus samples without labels: name -> value."""
+    request = urllib.request.Request(
+        base_url.removesuffix("/v1") + "/metrics", headers={"Authorization": f"Bearer {key}"}
+    )
+    text = urllib.request.urlopen(request, timeout=30).read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -170,6 +181,7 @@ def main() -> None:
                 f"{level['latency_p95_s']:.2f}s, p50/p95 TTFT {level['ttft_p50_s']:.2f}/{level['ttft_p95_s']:.2f}s",
                 flush=True,
             )
+        spec = server_metrics(base_url, args.api_key)
     finally:
         if proc is not None:
             proc.terminate()
@@ -183,14 +195,25 @@ def main() -> None:
         "| concurrency | complete | failed | tokens/s | latency p50 / p95 (s) | time to first token p50 / p95 (s) |",
         "|---|---|---|---|---|---|",
     ]
+    spec_line = (
+        f"Speculation over the whole run (server metrics): {spec['specdecode_spec_decode_num_draft_tokens_total']:.0f} "
+        f"tokens guessed, {spec['specdecode_spec_decode_num_accepted_tokens_total']:.0f} accepted (acceptance rate "
+        f"{spec['specdecode_spec_decode_acceptance_rate']:.1%}), mean acceptance length "
+        f"{spec['specdecode_spec_decode_mean_acceptance_length']:.2f}, "
+        f"{spec['specdecode_generation_tokens_total']:.0f} tokens generated in "
+        f"{spec['specdecode_spec_decode_num_drafts_total']:.0f} target passes."
+    )
     for lv in levels:
         lines.append(
             f"| {lv['concurrency']} | {lv['sent'] - lv['failed']}/{lv['requested']} | {lv['failed']} "
             f"| {lv['tokens_per_s']:.1f} | {lv['latency_p50_s']:.2f} / {lv['latency_p95_s']:.2f} "
             f"| {lv['ttft_p50_s']:.2f} / {lv['ttft_p95_s']:.2f} |"
         )
+    lines += ["", spec_line]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"settings": vars(args), "levels": levels}, indent=1))
+    (OUT / f"{args.name}.json").write_text(
+        json.dumps({"settings": vars(args), "levels": levels, "server_metrics": spec}, indent=1)
+    )
     (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from specdecode.engine import KERNELS, PROPOSERS, SpeculativeDecoder
@@ -268,17 +269,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dec = _load(args)
-    config = ServerConfig(
-        model_name=args.served_model_name or Path(args.target.rstrip("/")).name,
-        api_key=args.api_key,
-        num_speculative_tokens=args.num_speculative_tokens,
-        max_tokens_limit=args.max_tokens_limit,
-        default_max_tokens=args.default_max_tokens,
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_body_bytes=args.max_body_bytes,
-        max_pending=args.max_pending,
-        max_n=args.max_n,
-    )
+    limits = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if f.name != "model_name"}
+    config = ServerConfig(model_name=args.served_model_name or Path(args.target.rstrip("/")).name, **limits)
     print("warming up (kernels, and the auto policy's cost calibration) ...", file=sys.stderr, flush=True)
     dec.generate("Hello", max_new_tokens=4, num_speculative_tokens=config.num_speculative_tokens)
     dec.reset()

@@ -124,8 +124,9 @@ def use_small_rows_path(model: nn.Module, int8: bool = False) -> int:
     """The CPU verification path: `use_fast_linear`, and eager attention.
 
     Eager attention computes each query's row the same way whatever the number of queries in the
-    pass; PyTorch's fused SDPA does not (in bfloat16 this flips near-ties, so greedy speculative
-    output could drift from target-only output). Returns the number of projections replaced.
+    pass (tested bit for bit, `tests/test_fastlinear.py`); PyTorch's fused SDPA does not (in
+    bfloat16 this flips near-ties, so greedy speculative output could drift from target-only
+    output). Returns the number of projections replaced.
     """
     replaced = use_fast_linear(model, int8)
     if replaced and hasattr(model, "set_attn_implementation"):

@@ -145,8 +145,14 @@ class CachedModel:
 
         Feeds whatever of `tokens` is not cached yet, then `extra`: a chain, or with `tree` a token
         tree where tree[i] is the index in `extra` of node i's parent (-1: the last of `tokens`).
+        An uncached stretch of more than one token (a prompt) gets a pass of its own, exactly as
+        decoding without guesses feeds it: matrix kernels round differently for a different number
+        of rows, so a prefill that also carried the guesses would cache other bits.
         """
         self.sync(tokens, keep_at_most=len(tokens) - 1)
-        new = [*tokens[len(self.ids) :], *extra]
+        tail = tokens[len(self.ids) :]
         parents = None if tree is None else [len(tokens) + j if j >= 0 else len(tokens) - 1 for j in tree]
-        return self.forward(new, num_logits=len(extra) + 1, parents=parents)
+        if len(tail) > 1 and extra:
+            first = self.forward(tail, num_logits=1)
+            return torch.cat([first, self.forward(extra, num_logits=len(extra), parents=parents)])
+        return self.forward([*tail, *extra], num_logits=len(extra) + 1, parents=parents)

@@ -5,7 +5,7 @@ greedy decoding through it stays identical to target-only decoding through it.""
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import make_model, make_tokenizer, perturbed_copy
+from tiny_models import ARCHS, make_model, make_tokenizer, perturbed_copy
 
 from specdecode import SpeculativeDecoder
 from specdecode.fastlinear import (
@@ -101,3 +101,60 @@ def test_int8_draft_keeps_the_output_exact():
     plain = dec.generate("def f(x):", 40, num_speculative_tokens=0, ignore_eos=True)
     out = dec.generate("def f(x):", 40, num_speculative_tokens=4, ignore_eos=True)
     assert out.token_ids == plain.token_ids and out.stats.accepted > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rows_of_a_pass_are_bit_identical_to_decoding_alone(arch):
+    """bfloat16, the small-rows path: logits of a pass over n tokens, and of every node of a token
+    tree, equal bit for bit those of feeding the same tokens one at a time."""
+    from specdecode.kv import CachedModel
+
+    tokenizer = make_tokenizer()
+    model = make_model(arch, len(tokenizer), 0, layers=2, dtype=torch.bfloat16, init_range=0.3)
+    use_small_rows_path(model)
+    prefix = list(range(3, 40))  # a prefill longer than 16 rows: PyTorch's kernels
+    chain, nodes, parents = [5, 9, 11, 7, 20, 21, 22, 23, 24], [5, 9, 11, 7, 8], [-1, -1, 0, 1, 2]
+    alone = CachedModel(model, len(tokenizer))
+    alone.next_logits(prefix)
+    singles = [alone.forward([t], num_logits=1)[0] for t in chain]
+    together = CachedModel(model, len(tokenizer))
+    together.next_logits(prefix)
+    batch = together.forward(chain, num_logits=len(chain))
+    for i, single in enumerate(singles):
+        assert torch.equal(batch[i], single), f"row {i}"
+    tree = together.next_logits(prefix + [chain[0]], nodes, tree=parents)[1:]  # [nodes, V]
+    for i, path in enumerate([[0], [1], [0, 2], [1, 3], [0, 2, 4]]):
+        alone.rollback(len(prefix) + 1)
+        for node in path:
+            last = alone.forward([nodes[node]], num_logits=1)[0]
+        assert torch.equal(tree[i], last), f"node {i}"
+
+
+def test_speculative_passes_cache_the_bits_of_target_only_decoding():
+    """bfloat16, a model wide enough for PyTorch's prefill kernels to round differently with the
+    number of rows: the first verification (prompt + guesses) still gives, bit for bit, the logits
+    of target-only decoding (prompt alone, then one token at a time), because the prompt gets a
+    pass of its own."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from specdecode.kv import CachedModel
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=300,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.05,
+    )
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+    use_small_rows_path(model)
+    prompt, guesses = torch.randint(0, 300, (300,)).tolist(), torch.randint(0, 300, (8,)).tolist()  # seed 0 goes on
+    speculative = CachedModel(model, 300).next_logits(prompt, guesses)
+    plain = CachedModel(model, 300)
+    expected = [plain.next_logits(prompt)[0]] + [plain.forward([t], num_logits=1)[0] for t in guesses]
+    for i, row in enumerate(expected):
+        assert torch.equal(speculative[i], row), f"row {i}"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from specdecode.sampling import Warp
+
+if TYPE_CHECKING:
+    from specdecode.kv import CachedModel
+    from specdecode.proposers.draft_model import DraftModelProposer
 
 
 @dataclass
@@ -57,3 +61,18 @@ class Proposer(Protocol):
     def passes(self) -> int:
         """Model passes so far."""
         ...
+
+
+class CountsDraftPasses:
+    """For proposers that run a model through `self.draft` (a CachedModel, or a proposer that has
+    one): its passes and the time in them are the proposer's."""
+
+    draft: CachedModel | DraftModelProposer
+
+    @property
+    def forward_s(self) -> float:
+        return self.draft.forward_s
+
+    @property
+    def passes(self) -> int:
+        return self.draft.passes

@@ -8,11 +8,11 @@ import torch
 from transformers import PreTrainedModel
 
 from specdecode.kv import CachedModel
-from specdecode.proposers.base import Proposal
+from specdecode.proposers.base import CountsDraftPasses, Proposal
 from specdecode.sampling import Warp, check_finite, logits_to_probs, sample
 
 
-class DraftModelProposer:
+class DraftModelProposer(CountsDraftPasses):
     """K draft passes of one token each; the K-th guess is never fed back (saves a pass)."""
 
     def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
@@ -23,14 +23,6 @@ class DraftModelProposer:
 
     def guess_cost(self) -> float | None:
         return self.draft.pass_cost(1)
-
-    @property
-    def forward_s(self) -> float:
-        return self.draft.forward_s
-
-    @property
-    def passes(self) -> int:
-        return self.draft.passes
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         guesses: list[int] = []

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from specdecode.proposers.base import Proposal
+from specdecode.proposers.base import CountsDraftPasses, Proposal
 from specdecode.sampling import Warp
 
 
@@ -44,20 +44,12 @@ class NgramProposer:
         return Proposal(ngram_lookup(torch.tensor(tokens), k, self.n_max, self.n_min), None)
 
 
-class NgramThenDraftProposer:
+class NgramThenDraftProposer(CountsDraftPasses):
     """N-gram lookup first; the draft model where the lookup finds nothing."""
 
     def __init__(self, ngram: NgramProposer, draft) -> None:
         self.ngram, self.draft = ngram, draft
         self.draft_share = 1.0  # recent fraction of steps the draft served (decayed)
-
-    @property
-    def forward_s(self) -> float:
-        return self.draft.forward_s
-
-    @property
-    def passes(self) -> int:
-        return self.draft.passes
 
     def reset(self) -> None:
         self.draft.reset()

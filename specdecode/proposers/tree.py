@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from specdecode.proposers.base import Proposal
+from specdecode.proposers.base import CountsDraftPasses, Proposal
 from specdecode.proposers.draft_model import DraftModelProposer
 from specdecode.sampling import Warp, check_finite, logits_to_probs
 
@@ -18,7 +18,7 @@ def log_probs(logits: torch.Tensor, warp: Warp) -> torch.Tensor:
     return logits_to_probs(logits.double(), warp).log()
 
 
-class TreeProposer:
+class TreeProposer(CountsDraftPasses):
     """A beam of the `width` most probable paths, grown one depth per draft pass (as EAGLE-2 grows
     its tree by the draft's confidence): at each depth, every node of the previous one offers its
     `width` most probable next tokens and the `width` with the highest path probability are kept.
@@ -37,14 +37,6 @@ class TreeProposer:
     def guess_cost(self) -> float | None:
         """Seconds of one depth: a draft pass over `width` nodes."""
         return self.draft.draft.pass_cost(self.width) or self.draft.guess_cost()
-
-    @property
-    def forward_s(self) -> float:
-        return self.draft.forward_s
-
-    @property
-    def passes(self) -> int:
-        return self.draft.passes
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         cache = self.draft.draft
