@@ -92,14 +92,16 @@ class AutoK:
     """K maximising expected tokens per second, each step (guide section 2).
 
     Acceptance is estimated per position: rates[i] = P(guess i + 1 accepted | all before it were),
-    from the guesses examined there, decayed each time the position is examined, and shrunk towards
-    the rate of the position before (so a position never tried inherits it). Costs are the medians
+    from the guesses examined there, decayed each time the position is examined (a memory of about
+    1 / (1 - decay) examinations), and shrunk by one pseudo-observation towards the rate of the
+    position before (so a position never tried inherits it). A heavier prior or a shorter memory
+    biases the rates towards the prior and makes the policy guess too little. Costs are the medians
     of the recent passes that `cost(n)` (target, n tokens) and `draft_cost()` report. K = 0 (plain
     decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... plain
     steps, so a draft that becomes useful again is noticed and a useless one costs little.
     """
 
-    def __init__(self, cost, draft_cost, k_max: int = 8, width: int = 1, decay: float = 0.9) -> None:
+    def __init__(self, cost, draft_cost, k_max: int = 8, width: int = 1, decay: float = 0.97) -> None:
         """`width`: guesses per depth (a tree's width); a step of depth K verifies width * K + 1 tokens."""
         self.cost, self.draft_cost, self.k_max, self.width, self.decay = cost, draft_cost, k_max, width, decay
         self.accepted_at = [0.0] * k_max  # decayed counts per position
@@ -110,7 +112,7 @@ class AutoK:
     def rates(self) -> list[float]:
         out, prior = [], 0.5
         for accepted, examined in zip(self.accepted_at, self.examined_at, strict=True):
-            prior = (accepted + 2.0 * prior) / (examined + 2.0)  # two pseudo-observations at the prior
+            prior = (accepted + prior) / (examined + 1.0)  # one pseudo-observation at the prior
             out.append(prior)
         return out
 
