@@ -4,7 +4,9 @@ One process, the CPU's fastest configuration (bfloat16 weights, small-rows kerne
 every method on the same prompt before the next prompt, `--max-new-tokens` tokens, EOS ignored:
   code (HumanEval):  target-only; draft chain at each K; auto; tree (width 2) at each depth
   edit, summarize:   target-only; n-gram lookup at K=4 and auto (no draft); ngram+draft auto
-  random tokens:     target-only; draft chain auto (a workload where no draft can guess)
+  random tokens:     target-only; draft chain auto (random-token prompts)
+  useless:           target-only; auto with a draft made of the target's first 2 layers, which is
+                     almost never right (code prompts): auto must fall back to plain decoding
 Speedup = target-only time / method time on the same prompt and temperature; medians over prompts.
 Writes docs/results/proposers.{json,md}.
 
@@ -22,6 +24,8 @@ from core_speed import MODELS, OUT, cpu_name
 
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.bench import workloads
+from specdecode.fastlinear import use_small_rows_path
+from specdecode.loading import first_layers
 
 TARGET_ONLY = "target-only"
 
@@ -39,6 +43,7 @@ def method_table(ks: list[int], tree_ks: list[int]) -> dict[str, dict[str, tuple
         "edit": repeat,
         "summarize": repeat,
         "random": {TARGET_ONLY: ("draft", 0), "chain auto": ("draft", "auto")},
+        "useless": {TARGET_ONLY: ("draft", 0), "first-2-layers draft auto": ("first layers", "auto")},
     }
 
 
@@ -51,7 +56,7 @@ def main() -> None:
     ap.add_argument("--ks", default="3,4,5")
     ap.add_argument("--tree-ks", default="3,4")
     ap.add_argument("--temperatures", default="0,0.7")
-    ap.add_argument("--workloads", default="code,edit,summarize,random")
+    ap.add_argument("--workloads", default="code,edit,summarize,random,useless")
     ap.add_argument("--name", default="proposers", help="output file stem under docs/results/")
     args = ap.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -64,11 +69,15 @@ def main() -> None:
     target, draft, tok = base.target.model, base.proposer.draft.model, base.tokenizer
     decs = {name: SpeculativeDecoder(target, draft, tok, proposer=name) for name in ("tree", "ngram", "ngram+draft")}
     decs["draft"] = base
+    weak = first_layers(target, 2)
+    use_small_rows_path(weak)
+    decs["first layers"] = SpeculativeDecoder(target, weak, tok)
     prompts = {
         "code": workloads.code(args.prompts),
         "edit": workloads.edit(args.prompts),
         "summarize": workloads.summarize(args.prompts),
         "random": workloads.random_tokens(args.prompts, tok.vocab_size),
+        "useless": workloads.code(args.prompts),
     }
 
     def run(dec_name: str, prompt, k, temperature: float, seed: int) -> dict:
@@ -78,7 +87,8 @@ def main() -> None:
         r = dec.generate(prompt, args.max_new_tokens, num_speculative_tokens=k, sampling=params, ignore_eos=True)
         return {"wall_s": r.stats.wall_s, "token_ids": r.token_ids, **r.stats.to_dict()}
 
-    for name in decs:  # warm-up, and each decoder's one-time cost calibration for "auto"
+    used = {d for workload in chosen for d, _ in table[workload].values()}
+    for name in sorted(used):  # warm-up, and each decoder's one-time cost calibration for "auto"
         run(name, prompts["code"][0] if "code" in chosen else "def f(x):", "auto", 0.0, 0)
 
     runs = []
