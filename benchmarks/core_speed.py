@@ -34,6 +34,14 @@ MODELS = Path(os.environ.get("SPECDECODE_MODELS", Path.home() / ".cache" / "spec
 OUT = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
+def write_results(name: str, data: dict, lines: list[str]) -> None:
+    """docs/results/<name>.json (every raw number) and <name>.md (the tables), and print the tables."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(data, indent=1))
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import socket
 import statistics
@@ -28,7 +27,7 @@ import urllib.request
 from urllib.parse import urlparse
 
 import openai
-from core_speed import OUT, cpu_name
+from core_speed import cpu_name, write_results
 
 PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome.",
@@ -210,12 +209,7 @@ def main() -> None:
             f"| {lv['ttft_p50_s']:.2f} / {lv['ttft_p95_s']:.2f} |"
         )
     lines += ["", spec_line]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(
-        json.dumps({"settings": vars(args), "levels": levels, "server_metrics": spec}, indent=1)
-    )
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.name, {"settings": vars(args), "levels": levels, "server_metrics": spec}, lines)
 
 
 if __name__ == "__main__":

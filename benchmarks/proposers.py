@@ -16,11 +16,10 @@ Writes docs/results/proposers.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
-from core_speed import MODELS, OUT, cpu_name
+from core_speed import MODELS, cpu_name, write_results
 
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.bench import workloads
@@ -155,15 +154,10 @@ def main() -> None:
                     f"| {med['acceptance_rate']:.1%} | {med['mean_acceptance_length']:.2f} "
                     f"| {med['target_passes_per_token']:.2f} | {ms[0]:.0f} / {ms[1]:.0f} / {ms[2]:.1f} |"
                 )
-    OUT.mkdir(parents=True, exist_ok=True)
     for r in runs:
         for m in r["methods"].values():
             m.pop("token_ids")
-    (OUT / f"{args.name}.json").write_text(
-        json.dumps({"settings": vars(args), "summary": summary, "runs": runs}, indent=1)
-    )
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.name, {"settings": vars(args), "summary": summary, "runs": runs}, lines)
 
 
 if __name__ == "__main__":

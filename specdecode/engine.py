@@ -32,7 +32,7 @@ from specdecode.proposers import (
     Proposer,
     TreeProposer,
 )
-from specdecode.sampling import SamplingParams, check_finite, logits_to_probs
+from specdecode.sampling import SamplingParams, Warp, check_finite, logits_to_probs
 from specdecode.stats import DecodeStats
 
 Prompt = str | Sequence[int] | Sequence[dict]
@@ -293,7 +293,7 @@ class SpeculativeDecoder:
             yield committed
 
     def _accept(
-        self, guess: Proposal, logits: torch.Tensor, greedy: bool, warp, generator: torch.Generator
+        self, guess: Proposal, logits: torch.Tensor, greedy: bool, warp: Warp, generator: torch.Generator
     ) -> tuple[list[int], int]:
         """(accepted guesses, next token) from the target's logits [len(guess) + 1, V]."""
         if guess.parents is not None:

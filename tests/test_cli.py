@@ -71,9 +71,11 @@ def test_check_recommends_a_k(model_dirs, proposer):
     assert (report["guess_ms"] == 0.0) == (proposer == "ngram")
 
 
-def test_help_has_examples():
-    proc = run("generate", "--help")
+@pytest.mark.parametrize("command", ["generate", "serve"])
+def test_help_has_examples(command):
+    proc = run(command, "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout and "--num-speculative-tokens" in proc.stdout
+    assert f"specdecode {command} --target" in proc.stdout
 
 
 @pytest.mark.parametrize("k", ["auto", "heuristic", "2"])

@@ -21,7 +21,13 @@ from specdecode import SamplingParams, SpeculativeDecoder
 KEY = "test-key"
 MODEL = "tiny"
 K = 3
-LIMITS = {"--max-body-bytes": "20000", "--max-pending": "4", "--max-tokens-limit": "240", "--max-n": "4"}
+LIMITS = {
+    "--max-body-bytes": "20000",
+    "--max-pending": "4",
+    "--max-tokens-limit": "240",
+    "--max-n": "4",
+    "--max-prompt-tokens": "120",
+}
 PROMPT = "def add(a, b):"
 CHAT = [{"role": "user", "content": "write a loop"}]
 
@@ -184,7 +190,8 @@ BAD = {  # name -> (path, body, key, expected status)
     "empty prompt": ("/v1/completions", {"model": MODEL, "prompt": ""}, KEY, 400),
     "no messages": ("/v1/chat/completions", {"model": MODEL, "messages": []}, KEY, 400),
     "missing prompt": ("/v1/completions", {"model": MODEL}, KEY, 400),
-    "context overflow": ("/v1/completions", {"model": MODEL, "prompt": "ab" * 100, "max_tokens": 100}, KEY, 400),
+    "context overflow": ("/v1/completions", {"model": MODEL, "prompt": "ab" * 50, "max_tokens": 200}, KEY, 400),
+    "prompt over the limit": ("/v1/completions", {"model": MODEL, "prompt": "a" * 130, "max_tokens": 1}, KEY, 400),
     "unsupported logprobs": ("/v1/completions", {"model": MODEL, "prompt": "a", "logprobs": 2}, KEY, 400),
     "oversize body": ("/v1/completions", {"model": MODEL, "prompt": "a" * 30000}, KEY, 413),
     "wrong API key": ("/v1/completions", {"model": MODEL, "prompt": "a"}, "wrong", 401),
