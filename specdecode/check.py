@@ -69,8 +69,7 @@ def run_check(
     for i, prompt in enumerate(BUILTIN_PROMPTS):
         print(f"measuring acceptance: prompt {i + 1}/{len(BUILTIN_PROMPTS)} ...", file=progress, flush=True)
         stats = dec.generate(prompt, new_tokens, num_speculative_tokens=min(4, k_max), ignore_eos=True).stats
-        for name in ("accepted", "drafted", "rejections", "target_passes"):
-            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        total.add(stats)
     guess_ms = (dec.proposer.guess_cost() or 0.0) * 1000  # median of the last guesses
     dec.reset()
     alpha = total.token_acceptance

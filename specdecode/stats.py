@@ -44,6 +44,26 @@ class DecodeStats:
             self.drafted_at[i] += 1
             self.accepted_at[i] += i < accepted
 
+    def add(self, other: DecodeStats) -> None:
+        """Count `other`'s tokens, guesses and passes (per position too) into these totals."""
+        for name in (
+            "prompt_tokens",
+            "new_tokens",
+            "drafted",
+            "accepted",
+            "rejections",
+            "target_passes",
+            "draft_passes",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        grow = len(other.drafted_at) - len(self.drafted_at)
+        if grow > 0:
+            self.drafted_at += [0] * grow
+            self.accepted_at += [0] * grow
+        for i, (d, a) in enumerate(zip(other.drafted_at, other.accepted_at, strict=True)):
+            self.drafted_at[i] += d
+            self.accepted_at[i] += a
+
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0

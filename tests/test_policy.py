@@ -119,3 +119,13 @@ def test_auto_rates_are_not_biased_towards_the_prior():
             seen.append(policy.rates[0])
             hits.append(accepted > 0)
     assert abs(sum(seen) / len(seen) - sum(hits) / len(hits)) < 0.03
+
+
+def test_stats_add_sums_counters_and_positions():
+    a, b = DecodeStats(), DecodeStats()
+    a.record_step(2, 2)
+    b.record_step(4, 1)
+    b.record_step(4, 4)
+    a.add(b)
+    assert (a.drafted, a.accepted, a.rejections, a.target_passes) == (10, 7, 1, 3)
+    assert a.drafted_at == [3, 3, 2, 2] and a.accepted_at == [3, 2, 1, 1]

@@ -46,11 +46,6 @@ class Metrics:
         self.accepted_tokens.inc(stats.accepted)
         for position, accepted in enumerate(stats.accepted_at):
             self.accepted_per_pos.labels(position=str(position)).inc(accepted)
-        t = self._totals
-        t.drafted, t.accepted, t.target_passes = (
-            t.drafted + stats.drafted,
-            t.accepted + stats.accepted,
-            t.target_passes + stats.target_passes,
-        )
-        self.acceptance_rate.set(t.acceptance_rate)
-        self.mean_acceptance_length.set(t.mean_acceptance_length)
+        self._totals.add(stats)
+        self.acceptance_rate.set(self._totals.acceptance_rate)
+        self.mean_acceptance_length.set(self._totals.mean_acceptance_length)

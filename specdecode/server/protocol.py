@@ -123,14 +123,7 @@ def speculative(stats: list[DecodeStats]) -> dict:
     """The speculative statistics of a request's choices together (vLLM's metric names)."""
     total = DecodeStats()
     for s in stats:
-        for name in ("new_tokens", "drafted", "accepted", "rejections", "target_passes", "draft_passes"):
-            setattr(total, name, getattr(total, name) + getattr(s, name))
-        for position, (d, a) in enumerate(zip(s.drafted_at, s.accepted_at, strict=True)):
-            if position == len(total.drafted_at):
-                total.drafted_at.append(0)
-                total.accepted_at.append(0)
-            total.drafted_at[position] += d
-            total.accepted_at[position] += a
+        total.add(s)
     return {
         "num_drafts": total.target_passes,
         "draft_tokens": total.drafted,
