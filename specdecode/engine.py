@@ -57,6 +57,47 @@ class StreamChunk:
     stats: DecodeStats
 
 
+def accept_chain(
+    guess: Proposal, logits: torch.Tensor, greedy: bool, warp: Warp, generator: torch.Generator | None
+) -> tuple[list[int], int]:
+    """(accepted guesses, next token) for a chain of guesses from the target's logits [len(guess) + 1, V]."""
+    guessed = torch.tensor(guess.tokens, dtype=torch.long, device=logits.device)
+    if greedy:
+        n, next_token = accept_greedy(guessed, logits)
+    else:
+        n, next_token = accept_sampled(guessed, guess.probs, logits_to_probs(logits, warp), generator)
+    return guess.tokens[:n], next_token
+
+
+def commit(new_tokens: Sequence[int], tokens: list[int], output: OutputTracker) -> list[int]:
+    """Append new tokens to `tokens` and `output` one at a time, stopping at the first that ends the output;
+    return those appended."""
+    committed = []
+    for token in new_tokens:
+        tokens.append(token)
+        committed.append(token)
+        if output.append(token):
+            break
+    return committed
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A generator seeded with `seed`, or from fresh entropy when it is None."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def is_batch(prompt) -> bool:
+    """A list of prompts (strings, token-id lists or chats), not one prompt (a string, ids or a chat)."""
+    return (
+        isinstance(prompt, list | tuple) and len(prompt) > 0 and all(isinstance(p, str | list | tuple) for p in prompt)
+    )
+
+
 PROPOSERS = ("draft", "ngram", "tree", "ngram+draft")
 KERNELS = ("auto", "small-rows", "stock")
 
@@ -205,17 +246,27 @@ class SpeculativeDecoder:
 
     def generate(
         self,
-        prompt: Prompt,
+        prompt: Prompt | Sequence[Prompt],
         max_new_tokens: int = 128,
         num_speculative_tokens: NumSpeculativeTokens = 4,
         sampling: SamplingParams | None = None,
         ignore_eos: bool = False,
+        n: int = 1,
     ) -> GenerationResult:
         """Generate up to `max_new_tokens`.
 
         `num_speculative_tokens`: K guesses per step; 0 is plain target decoding; "auto" picks K each
         step from measured costs and acceptance (K = 0 included); "heuristic" is +2 / -1 per step.
+
+        A list of prompts, or n > 1, decodes a batch (`specdecode.batch`) and returns a BatchResult:
+        one GenerationResult per row (prompt p, sample c at index p * n + c, seeded seed + p * n + c).
         """
+        if n != 1 or is_batch(prompt):
+            from specdecode.batch import generate_batch
+
+            prompts = list(prompt) if is_batch(prompt) else [prompt]
+            k = num_speculative_tokens
+            return generate_batch(self, prompts, max_new_tokens, k, sampling or SamplingParams(), ignore_eos, n)
         *_, (_, output, stats) = self._run(prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos)
         return GenerationResult(output.text, output.token_ids, output.finish_reason, stats)
 
@@ -269,7 +320,7 @@ class SpeculativeDecoder:
         stats: DecodeStats,
     ) -> Iterator[list[int]]:
         """Speculative decoding; yields the tokens committed by each target pass."""
-        generator = self._generator(sampling.seed)
+        generator = make_generator(sampling.seed, self.target.device)
         target_warp, draft_warp = sampling.target_warp(), sampling.draft_warp()
         tokens = list(prompt_ids)
         while not output.finished:
@@ -284,13 +335,7 @@ class SpeculativeDecoder:
             stats.record_step(guess.depth, len(accepted), drafted=len(guess))
             policy.observe(guess.depth, len(accepted))
             # 4. commit, one token at a time, so nothing past a stop is emitted
-            committed = []
-            for token in [*accepted, next_token]:
-                tokens.append(token)
-                committed.append(token)
-                if output.append(token):
-                    break
-            yield committed
+            yield commit([*accepted, next_token], tokens, output)
 
     def _accept(
         self, guess: Proposal, logits: torch.Tensor, greedy: bool, warp: Warp, generator: torch.Generator
@@ -305,12 +350,7 @@ class SpeculativeDecoder:
                 )
             self.target.keep_path(path)
             return [guess.tokens[i] for i in path], next_token
-        guessed = torch.tensor(guess.tokens, dtype=torch.long, device=logits.device)
-        if greedy:
-            n, next_token = accept_greedy(guessed, logits)
-        else:
-            n, next_token = accept_sampled(guessed, guess.probs, logits_to_probs(logits, warp), generator)
-        return guess.tokens[:n], next_token
+        return accept_chain(guess, logits, greedy, warp, generator)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -343,11 +383,3 @@ class SpeculativeDecoder:
     def _draft_counters(self) -> tuple[float, int]:
         """(seconds in proposer passes, proposer passes) so far."""
         return (self.proposer.forward_s, self.proposer.passes) if self.proposer else (0.0, 0)
-
-    def _generator(self, seed: int | None) -> torch.Generator:
-        generator = torch.Generator(device=self.target.device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        return generator

@@ -12,6 +12,15 @@ from specdecode.proposers.base import CountsDraftPasses, Proposal
 from specdecode.sampling import Warp, check_finite, logits_to_probs, sample
 
 
+def draw(logits: torch.Tensor, warp: Warp, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
+    """One draft guess from logits [V]: (token, the distribution it was drawn from; None when greedy)."""
+    check_finite(logits, "draft model")
+    if warp.greedy:
+        return int(logits.argmax()), None
+    probs = logits_to_probs(logits, warp)
+    return int(sample(probs, generator)), probs
+
+
 class DraftModelProposer(CountsDraftPasses):
     """K draft passes of one token each; the K-th guess is never fed back (saves a pass)."""
 
@@ -29,12 +38,9 @@ class DraftModelProposer(CountsDraftPasses):
         dists: list[torch.Tensor] = []
         logits = self.draft.next_logits(tokens)[-1]  # [V]
         for i in range(k):
-            check_finite(logits, "draft model")
-            if warp.greedy:
-                guesses.append(int(logits.argmax()))
-            else:
-                probs = logits_to_probs(logits, warp)
-                guesses.append(int(sample(probs, generator)))
+            token, probs = draw(logits, warp, generator)
+            guesses.append(token)
+            if probs is not None:
                 dists.append(probs)
             if i + 1 < k:
                 logits = self.draft.forward(guesses[-1:], num_logits=1)[-1]

@@ -1,0 +1,138 @@
+"""Batches: every row is what it would be alone (float64), sampled rows have the target's
+distribution, and rows do not share random numbers."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_sampling_exact import ALPHA, NEW, PROMPT, V, exact_distribution
+from tiny_models import ARCHS, chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
+
+import specdecode.batch
+from specdecode import SamplingParams, SpeculativeDecoder
+from specdecode.batch import BatchDecoder
+
+TOKENIZER = make_tokenizer()
+PROMPTS = ["def f(x):", "a", "print(1, 2) = 3\nfor i in range(10):", "the quick brown fox jumps"]  # 9, 1, 36, 25 tokens
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def models(request):
+    target = make_model(request.param, len(TOKENIZER), seed=0, layers=3, init_range=0.3)
+    return target, perturbed_copy(target, noise=0.05, seed=1)
+
+
+def alone(dec, prompt, **kw):
+    dec.reset()
+    return dec.generate(prompt, **kw)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_greedy_rows_are_identical_to_each_prompt_alone(models, k):
+    """Prompts of 1 to 36 tokens (left padding), and a stop string that ends some rows early."""
+    dec = SpeculativeDecoder(*models, TOKENIZER)
+    free = alone(dec, PROMPTS[0], max_new_tokens=24, num_speculative_tokens=0, ignore_eos=True)
+    stop = free.text[6:8]  # appears early in row 0; other rows may or may not produce it
+    params = SamplingParams(stop=(stop,))
+    expected = [alone(dec, p, max_new_tokens=24, num_speculative_tokens=0, sampling=params) for p in PROMPTS]
+    assert expected[0].finish_reason == "stop" and len(expected[0].token_ids) < 24
+    got = dec.generate(PROMPTS, max_new_tokens=24, num_speculative_tokens=k, sampling=params)
+    assert len(got) == len(PROMPTS)
+    for want, row in zip(expected, got, strict=True):
+        assert (row.token_ids, row.text, row.finish_reason) == (want.token_ids, want.text, want.finish_reason)
+    assert got.stats.new_tokens == sum(len(r.token_ids) for r in got)
+    if k:
+        assert got.stats.accepted == sum(r.stats.accepted for r in got) > 0
+
+
+def test_sampled_rows_are_each_prompts_own_seeded_samples(models):
+    """Row p * n + c is the single-sequence sample of prompt p with seed + p * n + c: a row that drew
+    from another row's random numbers, or from a shared stream, would come out different."""
+    dec = SpeculativeDecoder(*models, TOKENIZER)
+    params = SamplingParams(temperature=1.0, top_k=20, seed=11)
+    got = dec.generate(PROMPTS[:3], max_new_tokens=16, num_speculative_tokens=3, sampling=params, n=3)
+    assert len(got) == 9
+    for i, row in enumerate(got):
+        seeded = SamplingParams(temperature=1.0, top_k=20, seed=11 + i)
+        want = alone(dec, PROMPTS[i // 3], max_new_tokens=16, num_speculative_tokens=3, sampling=seeded)
+        assert row.token_ids == want.token_ids, f"row {i}"
+    assert len({tuple(r.token_ids) for r in got}) > 3  # the copies of a prompt differ
+
+
+def test_ngram_rows_and_a_row_that_joins_later(models):
+    dec = SpeculativeDecoder(models[0], None, TOKENIZER, proposer="ngram")
+    expected = [alone(dec, p, max_new_tokens=20, num_speculative_tokens=0, ignore_eos=True) for p in PROMPTS]
+    batch = BatchDecoder(dec, num_speculative_tokens=4)
+    batch.add(PROMPTS[2], 20, SamplingParams(), ignore_eos=True, index=3)
+    batch.add(PROMPTS[0], 20, SamplingParams(), ignore_eos=True, index=0)
+    batch.step()
+    batch.step()
+    batch.add(PROMPTS[3], 20, SamplingParams(), ignore_eos=True, index=4)  # joins a running batch
+    batch.step()
+    batch.add(PROMPTS[1], 20, SamplingParams(), ignore_eos=True, copies=2, index=1)
+    got = batch.run()
+    assert [r.token_ids for r in got] == [expected[i].token_ids for i in (0, 1, 1, 2, 3)]
+
+
+def test_batches_refuse_what_they_do_not_support(models):
+    dec = SpeculativeDecoder(*models, TOKENIZER)
+    with pytest.raises(ValueError, match="integer num_speculative_tokens"):
+        dec.generate(PROMPTS, num_speculative_tokens="auto")
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        dec.generate(PROMPTS[0], n=0)
+    with pytest.raises(ValueError, match="context length"):
+        dec.generate([PROMPTS[0], "x" * 300], max_new_tokens=8)
+    tree = SpeculativeDecoder(*models, TOKENIZER, proposer="tree")
+    with pytest.raises(ValueError, match="draft and ngram proposers"):
+        tree.generate(PROMPTS, num_speculative_tokens=2)
+
+
+# -- sampling through batches: distribution and independence --------------------------------------
+
+BATCHES, ROWS = 30, 50  # 1500 samples
+
+
+@pytest.fixture(scope="module")
+def small():
+    tokenizer = make_tokenizer(list("abc"))
+    target = make_model("llama", V, seed=0, layers=2, init_range=0.2)
+    return SpeculativeDecoder(target, perturbed_copy(target, 0.1, 2), tokenizer)
+
+
+def batch_samples(dec, params: SamplingParams) -> np.ndarray:
+    """[BATCHES, ROWS, NEW] token ids: BATCHES batches of ROWS samples of PROMPT (seeds apart)."""
+    out = []
+    for b in range(BATCHES):
+        run = SamplingParams(**{**params.__dict__, "seed": b * ROWS})
+        got = dec.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=2, sampling=run, ignore_eos=True, n=ROWS)
+        out.append([r.token_ids for r in got])
+    return np.array(out)
+
+
+def independence_pvalue(samples: np.ndarray) -> float:
+    """Chi-square test of independence between the first tokens of rows 2i and 2i + 1 of each batch."""
+    table = np.zeros((V, V))
+    for batch in samples:
+        for a, b in zip(batch[0::2, 0], batch[1::2, 0], strict=True):
+            table[a, b] += 1
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+    return stats.chi2_contingency(table)[1]
+
+
+def test_batch_samples_have_the_targets_distribution_and_rows_are_independent(small):
+    """Pearson chi-square against the enumerated distribution (false alarm 1e-3, fixed seeds), and
+    a chi-square test of independence between paired rows (false alarm 1e-3)."""
+    params = SamplingParams(temperature=1.0)
+    samples = batch_samples(small, params)
+    counts = np.zeros(V**NEW)
+    for seq in samples.reshape(-1, NEW):
+        counts[np.ravel_multi_index(seq, (V,) * NEW)] += 1
+    assert chi_square_pvalue(counts, exact_distribution(small.target.model, params)) > ALPHA
+    assert independence_pvalue(samples) > ALPHA
+
+
+def test_rows_sharing_random_numbers_are_caught(small, monkeypatch):
+    """Negative control: the rows of a batch seeded alike (the same random numbers) fail the independence test."""
+    real = specdecode.batch.make_generator
+    monkeypatch.setattr(specdecode.batch, "make_generator", lambda seed, device: real(seed // ROWS, device))
+    samples = batch_samples(small, SamplingParams(temperature=1.0))
+    assert independence_pvalue(samples) < ALPHA

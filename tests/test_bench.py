@@ -1,0 +1,178 @@
+"""`specdecode bench`: its statistics on made-up numbers, and the whole command on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+from tiny_models import make_model, make_tokenizer
+
+from specdecode.bench.estimates import (
+    depth_histogram,
+    median_iqr,
+    pass_cost,
+    speedup_interval,
+    theoretical_speedup,
+)
+from specdecode.bench.report import PLOTS
+from specdecode.bench.runner import parse_methods
+from specdecode.policy import expected_speedup, expected_tokens_per_pass
+
+
+def test_median_and_interquartile_range():
+    got = median_iqr([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (got.estimate, got.low, got.high) == (3.0, 2.0, 4.0)
+    assert median_iqr([7.0]).estimate == 7.0
+
+
+def test_speedup_is_the_geometric_mean_of_paired_ratios():
+    got = speedup_interval([2.0, 8.0], [1.0, 1.0])  # ratios 2 and 8
+    assert got.estimate == pytest.approx(4.0)
+    assert got.low < 4.0 < got.high
+    same = speedup_interval([3.0, 6.0, 9.0], [1.5, 3.0, 4.5])  # every pair 2x: no spread
+    assert (same.estimate, same.low, same.high) == pytest.approx((2.0, 2.0, 2.0))
+    assert math.isnan(speedup_interval([2.0], [1.0]).low)  # one pair: no interval
+    with pytest.raises(ValueError):
+        speedup_interval([1.0, 2.0], [1.0])
+
+
+def test_speedup_interval_covers_the_true_speedup_95_percent_of_the_time():
+    """2000 simulated benchmarks of 6 prompts, log-normal noise around a true speedup of 1.5.
+    Coverage of a correct 95% interval is Binomial(2000, 0.95): 1900 +- 9.7; the bounds are 5 sd
+    (false alarm < 1e-6; the seed is fixed). A normal instead of a Student-t interval covers ~91%."""
+    rng = random.Random(0)
+    covered = 0
+    for _ in range(2000):
+        base = [rng.uniform(10, 30) for _ in range(6)]
+        method = [b / 1.5 * math.exp(rng.gauss(0, 0.1)) for b in base]
+        i = speedup_interval(base, method)
+        covered += i.low <= 1.5 <= i.high
+    assert 1852 <= covered <= 1948
+
+
+def test_depth_histogram_from_per_position_counts():
+    # 7 passes: 2 guessed nothing, 2 one token, 2 three tokens, 1 four tokens
+    assert depth_histogram([5, 3, 3, 1], 7) == {0: 2, 1: 2, 3: 2, 4: 1}
+    with pytest.raises(ValueError):
+        depth_histogram([1, 3], 4)
+
+
+def test_pass_cost_interpolates_and_extrapolates_the_curve():
+    curve = {1: 1.0, 3: 2.0, 5: 5.0}
+    assert [pass_cost(curve, n) for n in (1, 2, 4, 7)] == pytest.approx([1.0, 1.5, 3.5, 8.0])
+
+
+@pytest.mark.parametrize("alpha, k", [(0.8, 4), (0.5, 2), (0.0, 3)])
+def test_theoretical_speedup_is_the_guides_formula_for_a_fixed_k(alpha, k):
+    """A chain at fixed K with acceptance alpha: the bound equals policy.expected_speedup."""
+    t1, c = 0.25, 0.3  # seconds per target token; draft token cost relative to it
+    curve = {n: t1 * (1 + 0.1 * (n - 1)) for n in range(1, 10)}
+    tokens = expected_tokens_per_pass(alpha, k)
+    got = theoretical_speedup(tokens, {k: 100}, 1, k * c * t1, curve)
+    assert got == pytest.approx(expected_speedup(alpha, k, c, {n: s / t1 for n, s in curve.items()}))
+    # a free draft and a flat cost curve (a GPU's): the bound is the tokens per pass
+    flat = {n: t1 for n in range(1, 20)}
+    assert theoretical_speedup(tokens, {k: 100}, 1, 0.0, flat) == pytest.approx(tokens)
+    # a tree 2 wide checks 2K + 1 tokens per pass, so the same acceptance allows less
+    assert theoretical_speedup(tokens, {k: 100}, 2, k * c * t1, curve) < got or k == 0
+
+
+def test_methods_parse_with_the_baseline_first():
+    names = [m.name for m in parse_methods("chain,ngram:3,tree,hf-assisted", [2, 4])]
+    assert names == ["baseline", "chain K=2", "chain K=4", "ngram K=3", "tree auto", "hf-assisted"]
+    for bad in ("beam", "auto:3", "chain:x"):
+        with pytest.raises(ValueError):
+            parse_methods(bad, [1])
+
+
+@pytest.fixture(scope="module")
+def long_context_models(tmp_path_factory):
+    """Tiny models with room for the summarize passages (a character tokenizer makes long prompts)."""
+    root = tmp_path_factory.mktemp("bench-models")
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    for name, seed, layers in (("target", 0, 2), ("draft", 1, 1)):
+        model = make_model("llama", len(tokenizer), seed, layers=layers, dtype="float32", init_range=0.3, context=2048)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "specdecode", "bench", "--no-progress", *args], capture_output=True, text=True
+    )
+
+
+def test_bench_writes_every_output_and_rerenders_from_results(long_context_models, tmp_path):
+    root = long_context_models
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"prompt": "def f(x):"}\n{"messages": [{"role": "user", "content": "hi"}]}\n')
+    out = tmp_path / "out"
+    workloads = ["code", "chat", "summarize", "creative", "mine"]
+    proc = bench(
+        "--target", str(root / "target"), "--draft", str(root / "draft"),
+        "--workloads", f"code,chat,summarize,creative,{mine}",
+        "--methods", "baseline,hf-assisted,chain,auto,ngram,tree",
+        "--k", "1..2", "--temperatures", "0,0.7", "--max-new-tokens", "6", "--prompts-per-workload", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    methods = ["baseline", "hf-assisted", "chain K=1", "chain K=2", "auto", "ngram auto", "tree auto"]
+    assert results["settings"]["methods"] == methods
+    assert list(results["workloads"]) == workloads
+    assert {"cpu", "torch", "transformers", "specdecode"} <= set(results["machine"])
+    assert set(results["cost_curve_s"]) >= {"1", "2", "5"}
+    runs = {(r["workload"], r["temperature"], r["method"]) for r in results["runs"]}
+    assert runs == {(w, t, m) for w in workloads for t in (0.0, 0.7) for m in methods}
+    for r in results["runs"]:
+        assert r["new_tokens"] == 6 and r["wall_s"] > 0
+        assert (r["stats"] is None) == (r["method"] == "hf-assisted")
+        if r["temperature"] > 0:
+            assert r["identical"] is None  # samples: identity does not apply
+        elif r["method"] != "hf-assisted":
+            assert r["identical"] is True  # greedy specdecode gives the baseline's tokens
+    report = (out / "report.md").read_text()
+    for w in workloads:
+        for t in ("0", "0.7"):
+            assert f"## {w}, temperature {t}\n" in report
+    for m in methods:
+        assert f"| {m} |" in report
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in report
+
+    for name in ("report.md", *PLOTS):
+        (out / name).unlink()
+    again = bench("--from", str(out))
+    assert again.returncode == 0, again.stderr
+    assert (out / "report.md").read_text() == report
+    assert all((out / name).is_file() for name in PLOTS)
+
+
+def test_methods_that_need_a_draft_are_skipped_with_a_reason(long_context_models, tmp_path):
+    out = tmp_path / "out"
+    proc = bench(
+        "--target", str(long_context_models / "target"), "--workloads", "creative", "--methods", "chain,ngram",
+        "--k", "2", "--temperatures", "0", "--max-new-tokens", "4", "--prompts-per-workload", "1", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["methods"] == ["baseline", "ngram auto"]
+    assert results["skipped"] == [{"method": "chain K=2", "reason": "needs a draft model (--draft or --draft-layers)"}]
+    assert "Skipped: **chain K=2**: needs a draft model" in (out / "report.md").read_text()
+
+
+def test_bench_refuses_bad_arguments(tmp_path):
+    for args, message in (
+        (["--target", "x", "--k", "0..2", "--out", str(tmp_path)], "--k needs K values >= 1"),
+        (["--target", "x", "--methods", "beam", "--out", str(tmp_path)], "unknown method 'beam'"),
+        (["--from", str(tmp_path / "none")], "results.json does not exist"),
+    ):
+        proc = bench(*args)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
