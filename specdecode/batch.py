@@ -28,10 +28,13 @@ from specdecode.stats import DecodeStats
 
 
 class BatchResult(list):
-    """One GenerationResult per row, in the order asked; `stats` sums the rows' counters over the
-    batch's wall time (target and draft seconds are the batch's, shared by its rows)."""
+    """One GenerationResult per row, in the order asked; `stats` sums the rows' counters (its
+    target_passes are row passes, so acceptance lengths stay per row) over the batch's wall time;
+    target and draft seconds and passes are the batch's, shared by its rows; `batched_passes` is
+    the number of target passes the batch made."""
 
     stats: DecodeStats
+    batched_passes: int
 
 
 @dataclass
@@ -169,14 +172,15 @@ class BatchDecoder:
         total = DecodeStats()
         target_s, draft_s = self.target.forward_s, self.draft.draft.forward_s if self.draft else 0.0
         results = BatchResult()
+        draft_passes = self.draft.draft.passes if self.draft else 0
         for row in sorted(self.done, key=lambda r: r.index):
-            row.stats.target_s, row.stats.draft_s = target_s, draft_s
+            row.stats.target_s, row.stats.draft_s, row.stats.draft_passes = target_s, draft_s, draft_passes
             total.add(row.stats)
             results.append(GenerationResult(row.output.text, row.output.token_ids, row.output.finish_reason, row.stats))
         total.wall_s, total.target_s, total.draft_s = time.perf_counter() - self.start, target_s, draft_s
-        total.draft_passes = self.draft.draft.passes if self.draft else 0
+        total.draft_passes = draft_passes
         total.first_token_s = min((r.stats.first_token_s for r in self.done), default=0.0)
-        results.stats = total
+        results.stats, results.batched_passes = total, self.target.passes
         return results
 
 

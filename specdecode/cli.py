@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   specdecode generate --target ./t --draft ./d -k auto --prompt "def f(x):" --json
   echo "Explain KV caches" | specdecode generate --target ./t --draft ./d --chat --temperature 0.7 --seed 1
   specdecode generate --target ./t --draft ./d --proposer tree --tree-width 2 --tree-depth 4 --prompt "def f(x):"
+  specdecode generate --target ./t --draft ./d --prompt-file prompts.txt --batch -k 3 --json
+  specdecode generate --target ./t --draft ./d --prompt "def f(x):" --n 8 --temperature 0.8 --seed 1
   specdecode check --target ./models/target --draft ./models/draft
   specdecode check --target ./models/target --proposer ngram
   specdecode serve --target Qwen/Qwen2.5-Coder-1.5B-Instruct --draft Qwen/Qwen2.5-Coder-0.5B-Instruct --port 8000
@@ -120,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft-top-k", type=int, help="warp the draft only (speed, not output)")
     gen.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
     gen.add_argument("--stream", action="store_true", help="print text as it is accepted")
+    gen.add_argument(
+        "--batch",
+        action="store_true",
+        help="each non-empty line of the prompt (file or stdin) is its own prompt, '\\n' in a line a newline; "
+        "decode them together as one batch",
+    )
+    gen.add_argument("--n", type=int, default=1, help="samples per prompt, decoded together (seeds seed, seed+1, ...)")
     gen.add_argument(
         "--compare-baseline",
         action="store_true",
@@ -228,6 +237,11 @@ def _read_prompt(args: argparse.Namespace):
         text = sys.stdin.read()
     else:
         raise ValueError("give a prompt: --prompt TEXT, --prompt-file FILE, or standard input")
+    if args.batch:
+        texts = [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+        if not texts:
+            raise ValueError("--batch found no prompt lines")
+        return [[{"role": "user", "content": t}] for t in texts] if args.chat else texts
     return [{"role": "user", "content": text}] if args.chat else text
 
 
@@ -248,6 +262,8 @@ def _generate(args: argparse.Namespace) -> int:
         draft_top_k=args.draft_top_k,
     )
     dec = _load(args)
+    if args.batch or args.n != 1:
+        return _generate_batch(args, dec, prompt if args.batch else [prompt], sampling)
     run = dict(
         max_new_tokens=args.max_new_tokens,
         num_speculative_tokens=args.num_speculative_tokens,
@@ -296,6 +312,36 @@ def _generate(args: argparse.Namespace) -> int:
             f"[target-only: {b['tokens_per_s']:.2f} tok/s; speedup {b['speedup']:.2f}x; {same}]",
             file=sys.stderr,
         )
+    return 0
+
+
+def _generate_batch(args: argparse.Namespace, dec: SpeculativeDecoder, prompts: list, sampling: SamplingParams) -> int:
+    if args.stream or args.compare_baseline:
+        raise ValueError("--stream and --compare-baseline take one prompt; not with --batch or --n")
+    results = dec.generate(
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        num_speculative_tokens=args.num_speculative_tokens,
+        sampling=sampling,
+        ignore_eos=args.ignore_eos,
+        n=args.n,
+    )
+    if args.json:
+        rows = [
+            {"prompt": i // args.n, "sample": i % args.n, "text": r.text, "token_ids": r.token_ids,
+             "finish_reason": r.finish_reason, "stats": r.stats.to_dict()}
+            for i, r in enumerate(results)
+        ]  # fmt: skip
+        print(json.dumps({"results": rows, "stats": results.stats.to_dict()}))
+        return 0
+    for i, r in enumerate(results):
+        print(f"=== prompt {i // args.n + 1}" + (f", sample {i % args.n + 1}" if args.n > 1 else "") + " ===")
+        print(r.text)
+    print(
+        f"[batch of {len(results)} rows, {results.batched_passes} batched target passes; per row: "
+        f"{results.stats.summary()}]",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -4,8 +4,9 @@ Stock `F.linear` over a few rows costs 2-3x one row on this kind of CPU (the mat
 memory, sets the cost; see docs/benchmarks.md). `small_rows_linear` (csrc/small_rows_linear.cpp,
 built on first use with the machine's compiler, AVX-512 or AVX2) reads each weight row once for
 all rows, widening bfloat16 weights to float32 in registers. `use_fast_linear(model)` routes every
-projection over at most 16 rows through it and leaves longer inputs (prefill) to PyTorch. The
-weights are the model's own tensors: no copy, no extra memory.
+projection over at most 64 rows through it, 16 rows a call (a batch verifies 16+ rows), and
+leaves longer inputs (prefill) to PyTorch. The weights are the model's own tensors: no copy, no
+extra memory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
-MAX_ROWS = 16
+MAX_ROWS = 16  # rows per kernel call
+CHUNKED_MAX_ROWS = 64  # up to this many rows (a batch's verification) go through in blocks of MAX_ROWS
 _enabled = True
 SOURCE = Path(__file__).parent / "csrc" / "small_rows_linear.cpp"
 
@@ -73,7 +75,8 @@ def stock_kernels() -> Iterator[None]:
 
 
 class FastLinear(nn.Module):
-    """Drop-in for nn.Linear: inputs of at most 16 rows go through `small_rows_linear`.
+    """Drop-in for nn.Linear: inputs of at most 64 rows go through `small_rows_linear`, 16 rows a call
+    (each row's result is the same bits whatever the rows around it); longer inputs through PyTorch.
 
     With `int8=True` the weight is stored as per-row int8 (a draft only: it changes speed, not output).
     """
@@ -91,10 +94,13 @@ class FastLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if not _enabled or rows > MAX_ROWS or torch.is_grad_enabled() and self.weight.requires_grad:
+        if not _enabled or rows > CHUNKED_MAX_ROWS or torch.is_grad_enabled() and self.weight.requires_grad:
             weight = self.weight if self.scale is None else (self.weight.float() * self.scale[:, None]).to(x.dtype)
             return F.linear(x, weight, self.bias)
-        y = small_rows_linear(x.reshape(rows, self.in_features), self.weight, self.bias, self.scale)
+        flat = x.reshape(rows, self.in_features)
+        y = torch.cat(
+            [small_rows_linear(chunk, self.weight, self.bias, self.scale) for chunk in flat.split(MAX_ROWS)]
+        )
         return y.reshape(*x.shape[:-1], self.out_features)
 
 

@@ -127,3 +127,27 @@ def test_tree_proposer_from_the_command_line(model_dirs):
     stats = report["stats"]
     assert stats["drafted"] > 0 and stats["drafted"] % 3 == 0  # width x depth nodes a step
     assert len(stats["drafted_at"]) == 3  # per-position counts are per depth
+
+
+def test_batch_from_a_prompt_file_and_n_samples(model_dirs, tmp_path):
+    """--batch: one prompt a line, each row what the prompt gives alone; --n: seeded samples."""
+    from specdecode import SamplingParams, SpeculativeDecoder
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def f(x):\n\nthe quick\\nbrown fox\nab\n")
+    flags = ["-k", "2", "--max-new-tokens", "10", "--ignore-eos", "--json"]
+    proc = generate(model_dirs, "--prompt-file", str(prompts), "--batch", *flags)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    dec = SpeculativeDecoder.from_pretrained(*map(str, model_dirs))
+    texts = ["def f(x):", "the quick\nbrown fox", "ab"]
+    alone = [dec.generate(t, 10, num_speculative_tokens=0, ignore_eos=True).token_ids for t in texts]
+    assert [r["token_ids"] for r in report["results"]] == alone
+    assert report["stats"]["new_tokens"] == 30
+
+    proc = generate(model_dirs, "--prompt", "ab", "--n", "3", "--temperature", "1", "--seed", "5", *flags)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["results"]
+    for c, row in enumerate(rows):
+        seeded = SamplingParams(temperature=1.0, seed=5 + c)
+        assert row["token_ids"] == dec.generate("ab", 10, 2, sampling=seeded, ignore_eos=True).token_ids  # same K

@@ -52,9 +52,13 @@ def test_module_swap_and_fallbacks():
     assert replaced == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer; lm_head
     layer = model.model.layers[0].mlp.up_proj
     assert isinstance(layer, FastLinear)
-    x = torch.randn(1, 20, 32)  # 20 rows: more than the kernel takes, so PyTorch's path
+    x = torch.randn(1, 70, 32)  # 70 rows: more than the kernel path takes, so PyTorch's
     with torch.no_grad():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
+        rows = torch.randn(2, 20, 32)  # 40 rows: the kernel, 16 at a time; each row as if alone
+        out = layer(rows)
+        for b, i in ((0, 0), (0, 17), (1, 19)):
+            assert torch.equal(out[b, i], layer(rows[b, i : i + 1])[0])
         small = torch.randn(1, 5, 32)
         fast = layer(small)
         with stock_kernels():
