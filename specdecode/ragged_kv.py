@@ -3,8 +3,9 @@
 Every row owns the same cache slots, but a slot holds a token of a row only where `valid[row, slot]`
 is set: the left padding of a short prompt and the guesses a row rejected are holes that no query
 sees (an attention mask over the cache), and each row's position ids count only its own tokens. So
-row b computes what it would alone, whatever the others accept. Holes are not compacted; slots at
-the end that no row uses are cropped. Rows can leave (`select`) and join (`add_rows`) between passes.
+row b computes what it would alone, whatever the others accept. Slots at the end that no row uses
+are cropped, and when holes fill more than half of the cache it is compacted. Rows can leave
+(`select`) and join (`add_rows`) between passes.
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ class RaggedCachedModel:
             else:
                 self.cache.crop(keep - self.valid.shape[1])
             self.valid = self.valid[:, :keep]
+        if self.ids and self.valid.shape[1] > 2 * max(len(ids) for ids in self.ids):
+            self.compact()
+
+    @torch.inference_mode()
+    def compact(self) -> None:
+        """Drop the holes: each row's tokens move, in order, to the end of a cache as long as the
+        longest row (shorter rows left-padded with holes)."""
+        width = max(len(ids) for ids in self.ids)
+        # a stable sort of the 0/1 flags puts each row's holes first and its tokens last, both in order
+        order = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices[:, self.valid.shape[1] - width :]
+        for layer in self._layers():
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+        self.valid = self.valid.gather(1, order)
 
     def sync(self, tokens: Sequence[Sequence[int]]) -> list[list[int]]:
         """Keep each row's longest cached prefix of tokens[b], leaving at least its last token uncached;

@@ -8,6 +8,7 @@ from test_sampling_exact import ALPHA, NEW, PROMPT, V, exact_distribution
 from tiny_models import ARCHS, chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
 
 import specdecode.batch
+import specdecode.ragged_kv
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.batch import BatchDecoder
 
@@ -56,6 +57,25 @@ def test_sampled_rows_are_each_prompts_own_seeded_samples(models):
         want = alone(dec, PROMPTS[i // 3], max_new_tokens=16, num_speculative_tokens=3, sampling=seeded)
         assert row.token_ids == want.token_ids, f"row {i}"
     assert len({tuple(r.token_ids) for r in got}) > 3  # the copies of a prompt differ
+
+
+def test_rows_stay_exact_when_the_cache_drops_its_holes(monkeypatch):
+    """Rows that accept different numbers of guesses leave holes; once they fill half the cache it
+    is compacted, and every row still matches its prompt alone (greedy and seeded samples)."""
+    compactions = []
+    compact = specdecode.ragged_kv.RaggedCachedModel.compact
+    monkeypatch.setattr(
+        specdecode.ragged_kv.RaggedCachedModel, "compact", lambda self: compactions.append(1) or compact(self)
+    )
+    target = make_model("gpt2", len(TOKENIZER), seed=0, layers=3, init_range=0.3)
+    dec = SpeculativeDecoder(target, perturbed_copy(target, noise=0.05, seed=1), TOKENIZER)
+    for temperature in (0.0, 1.0):
+        got = dec.generate(PROMPTS, 60, 4, SamplingParams(temperature=temperature, seed=3), ignore_eos=True)
+        for i, row in enumerate(got):
+            seeded = SamplingParams(temperature=temperature, seed=3 + i)
+            want = alone(dec, PROMPTS[i], max_new_tokens=60, num_speculative_tokens=4, sampling=seeded, ignore_eos=True)
+            assert row.token_ids == want.token_ids
+    assert compactions
 
 
 def test_ngram_rows_and_a_row_that_joins_later(models):
