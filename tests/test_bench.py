@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_models import make_model, make_tokenizer
+from tiny_models import save_model_pair
 
 from specdecode.bench.estimates import (
     depth_histogram,
@@ -93,12 +93,7 @@ def test_methods_parse_with_the_baseline_first():
 def long_context_models(tmp_path_factory):
     """Tiny models with room for the summarize passages (a character tokenizer makes long prompts)."""
     root = tmp_path_factory.mktemp("bench-models")
-    tokenizer = make_tokenizer()
-    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
-    for name, seed, layers in (("target", 0, 2), ("draft", 1, 1)):
-        model = make_model("llama", len(tokenizer), seed, layers=layers, dtype="float32", init_range=0.3, context=2048)
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
+    save_model_pair(root, target_layers=2, context=2048)
     return root
 
 
@@ -176,3 +171,24 @@ def test_bench_refuses_bad_arguments(tmp_path):
     ):
         proc = bench(*args)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_report_compares_time_per_token_and_prefixes_when_a_run_stops_at_eos():
+    """Made-up results: a method twice as fast per token that stopped at EOS after half the tokens."""
+    from specdecode.bench.report import summarize
+
+    def run(method, wall, tokens, prompt=0):
+        return {"workload": "w", "temperature": 0.0, "method": method, "prompt_index": prompt, "repeat": 0,
+                "wall_s": wall, "new_tokens": len(tokens), "token_ids": tokens, "stats": None}  # fmt: skip
+
+    results = {
+        "cost_curve_s": {"1": 0.1},
+        "runs": [
+            run("baseline", 8.0, [1, 2, 3, 4]), run("fast", 2.0, [1, 2]),
+            run("baseline", 8.0, [5, 6, 7, 8], 1), run("fast", 2.0, [5, 9], 1),
+        ],
+    }  # fmt: skip
+    rows = {r.method: r for r in summarize(results)}
+    assert rows["fast"].speedup.estimate == pytest.approx(2.0)  # 1 s a token against 2 s
+    assert rows["fast"].identical == (1, 2) and rows["fast"].short == 2  # prompt 1 diverged
+    assert rows["fast"].tokens_per_s.estimate == pytest.approx(1.0)

@@ -75,6 +75,18 @@ def make_model(
     return model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype).eval()
 
 
+def save_model_pair(root, target_layers: int = 3, context: int = 256):
+    """A tiny Llama target and 1-layer draft saved as real Hugging Face folders (config, safetensors,
+    tokenizer with a chat template) under root/target and root/draft; returns the two paths."""
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    for name, seed, layers in (("target", 0, target_layers), ("draft", 1, 1)):
+        model = make_model("llama", len(tokenizer), seed, layers, "float32", init_range=0.3, context=context)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "target", root / "draft"
+
+
 def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0) -> float:
     """Pearson chi-square p-value of observed `counts` against `probs`.
 

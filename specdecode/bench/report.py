@@ -34,6 +34,7 @@ class Row:
     bound: float | None  # theoretical speedup from measured acceptance and costs
     stats: DecodeStats | None  # counters summed over the runs (None for transformers)
     identical: tuple[int, int] | None  # (identical to the baseline, runs); None when sampled
+    short: int  # runs that made fewer tokens than the baseline (stopped at EOS)
 
     @property
     def k(self) -> int | None:
@@ -55,7 +56,7 @@ def summarize(results: dict) -> list[Row]:
     rows = []
     for (workload, temperature, method), runs in groups.items():
         pair = {(r["prompt_index"], r["repeat"]): r for r in groups[(workload, temperature, BASELINE)]}
-        base = [pair[(r["prompt_index"], r["repeat"])]["wall_s"] for r in runs]
+        base = [pair[(r["prompt_index"], r["repeat"])] for r in runs]
         stats = None
         if runs[0]["stats"] is not None:
             stats = DecodeStats()
@@ -68,13 +69,24 @@ def summarize(results: dict) -> list[Row]:
                 method,
                 len(runs),
                 median_iqr([r["new_tokens"] / r["wall_s"] for r in runs]),
-                speedup_interval(base, [r["wall_s"] for r in runs]),
+                speedup_interval([_per_token(b) for b in base], [_per_token(r) for r in runs]),
                 _bound(stats, curve) if stats is not None and method != BASELINE else None,
                 stats,
-                (sum(r["identical"] for r in runs), len(runs)) if temperature == 0 else None,
+                (sum(map(_same, runs, base)), len(runs)) if temperature == 0 else None,
+                sum(r["new_tokens"] < b["new_tokens"] for r, b in zip(runs, base, strict=True)),
             )
         )
     return rows
+
+
+def _per_token(run: dict) -> float:
+    """Seconds per generated token: the speedup compares these, so a run that stopped early still counts fairly."""
+    return run["wall_s"] / max(run["new_tokens"], 1)
+
+
+def _same(run: dict, base: dict) -> bool:
+    """Greedy output equal to the baseline's (over its own length when it stopped early at EOS)."""
+    return bool(run["token_ids"]) and run["token_ids"] == base["token_ids"][: len(run["token_ids"])]
 
 
 def _stats(d: dict) -> DecodeStats:
@@ -128,7 +140,8 @@ def render_markdown(results: dict, rows: Sequence[Row]) -> str:
         "How to read it: runs are interleaved (every method on a prompt before the next prompt). "
         "tok/s is the median over runs [interquartile range]. Speedup is over target-only decoding "
         "(`baseline`, the same weights and kernels) on the same prompt, temperature and repetition: the "
-        "geometric mean of the paired ratios with a 95% Student-t interval. The bound is the speedup the "
+        "geometric mean of the paired ratios of time per token with a 95% Student-t interval; times "
+        "include the prompt's pass, the same for every method. The bound is the speedup the "
         "measured acceptance allows with the measured costs (tokens per target pass x t(1) / (draft time per "
         "pass + t(tokens checked)), guide §2); speedup / bound shows how much the rest (sampling, "
         "bookkeeping, noise) took. Acceptance = accepted / drafted guesses; mean acceptance length = tokens "
@@ -167,6 +180,9 @@ def render_markdown(results: dict, rows: Sequence[Row]) -> str:
                 s = r.stats
                 spec = s is not None and r.method != BASELINE
                 per_position = " ".join(f"{a:.2f}" for a in s.per_position_acceptance[:8]) if spec else "-"
+                same = f"{r.identical[0]}/{r.identical[1]}" if r.identical else "n/a"
+                same += f" ({r.short} stopped at EOS)" if r.short else ""
+                same = "reference" if r.method == BASELINE else same
                 lines.append(
                     f"| {r.method} | {_fmt_interval(r.tokens_per_s)} | {_fmt_interval(r.speedup, suffix='x')} "
                     f"| {f'{r.bound:.2f}x' if r.bound else '-'} "
@@ -174,7 +190,7 @@ def render_markdown(results: dict, rows: Sequence[Row]) -> str:
                     f"| {f'{s.acceptance_rate:.1%}' if spec else '-'} "
                     f"| {f'{s.mean_acceptance_length:.2f}' if spec else '-'} "
                     f"| {f'{s.target_passes_per_token:.3f}' if s else '-'} | {per_position} "
-                    f"| {f'{r.identical[0]}/{r.identical[1]}' if r.identical else 'n/a'} |"
+                    f"| {same} |"
                 )
     lines += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in PLOTS]
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -185,14 +186,28 @@ def _run_transformers(target, draft, ids: list[int], temperature: float, seed: i
         top_k=0,
         top_p=1.0,
         repetition_penalty=1.0,
-        eos_token_id=None if config.ignore_eos else target.generation_config.eos_token_id,
         pad_token_id=_pad_id(target.generation_config),
     )
     torch.manual_seed(seed)
     inputs = torch.tensor([ids], device=target.device)
-    start = time.perf_counter()
-    out = target.generate(inputs, generation_config=generation, assistant_model=draft)
-    return {"wall_s": time.perf_counter() - start, "token_ids": out[0, len(ids) :].tolist(), "stats": None}
+    with _without_eos(target, draft) if config.ignore_eos else nullcontext():
+        start = time.perf_counter()
+        out = target.generate(inputs, generation_config=generation, assistant_model=draft)
+        wall = time.perf_counter() - start
+    return {"wall_s": wall, "token_ids": out[0, len(ids) :].tolist(), "stats": None}
+
+
+@contextmanager
+def _without_eos(*models) -> Iterator[None]:
+    """`generate` takes unset fields of a GenerationConfig from the model's, EOS included: unset it there."""
+    saved = [m.generation_config.eos_token_id for m in models]
+    for m in models:
+        m.generation_config.eos_token_id = None
+    try:
+        yield
+    finally:
+        for m, eos in zip(models, saved, strict=True):
+            m.generation_config.eos_token_id = eos
 
 
 def _pad_id(generation: GenerationConfig) -> int | None:
