@@ -1,10 +1,11 @@
 """Batched speculative decoding on the Qwen2.5-Coder pair (issue 6): throughput and memory.
 
 One process, the first B HumanEval prompts (different lengths: left padding), --max-new-tokens
-tokens (EOS ignored), greedy and temperature 0.7, for each batch size B, interleaved:
-  specdecode batched:        one batch of B rows, the draft model, K = --k
+tokens (EOS ignored), greedy and temperature 0.7, for each batch size B:
+  specdecode batched:        one batch of B rows, the draft model, K = --k (row i seeded i)
   transformers batched:      target-only `generate` over the B prompts (left padding)
-  specdecode one at a time:  the B prompts one after another, K = --k
+  specdecode one at a time:  the B prompts one after another, K = --k (prompt i seeded i; each of
+                             the first 8 prompts is run once per temperature and B sums the first B)
 tokens/s = B * max_new_tokens / wall time. Greedy rows of the batch are compared token for token
 with the same prompts decoded alone. Memory: peak resident memory of a fresh process that loads the
 models and decodes a batch of 8 (specdecode, and transformers target-only), each in a subprocess.
@@ -29,6 +30,8 @@ from transformers import GenerationConfig
 
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.bench.machine import cpu_name
+
+MEMORY_TOKENS = 64  # new tokens in the memory runs
 
 
 def load(args) -> SpeculativeDecoder:
@@ -94,39 +97,37 @@ def main() -> None:
     transformers_batch(dec, problems[:2], 8, 0.0, 0)
 
     runs = []
-    for b in sizes:
-        prompts = problems[:b]
-        for temperature in temperatures:
-            params = SamplingParams(temperature=temperature, seed=b)
+    for temperature in temperatures:
+        alone_s, alone = [], []  # prompt i alone, seeded as row i of a batch: every B sums its first B
+        for i, prompt in enumerate(problems):
+            dec.reset()
+            r = dec.generate(prompt, new, args.k, sampling=SamplingParams(temperature, seed=i), ignore_eos=True)
+            alone_s.append(r.stats.wall_s)
+            alone.append(r.token_ids)
+        for b in sizes:
+            prompts = problems[:b]
             start = time.perf_counter()
-            batch = dec.generate(prompts, new, args.k, sampling=params, ignore_eos=True)
+            batch = dec.generate(prompts, new, args.k, sampling=SamplingParams(temperature, seed=0), ignore_eos=True)
             batched_s = time.perf_counter() - start
             hf_s, _ = transformers_batch(dec, prompts, new, temperature, b)
-            alone_s, alone = 0.0, []
-            for i, prompt in enumerate(prompts):
-                dec.reset()
-                seeded = SamplingParams(temperature=temperature, seed=b + i)  # row i's seed in the batch
-                r = dec.generate(prompt, new, args.k, sampling=seeded, ignore_eos=True)
-                alone_s += r.stats.wall_s
-                alone.append(r.token_ids)
             row = {
                 "batch": b,
                 "temperature": temperature,
                 "specdecode_batched_tok_s": b * new / batched_s,
                 "transformers_batched_tok_s": b * new / hf_s,
-                "specdecode_alone_tok_s": b * new / alone_s,
-                "identical_rows": sum(r.token_ids == a for r, a in zip(batch, alone, strict=True)),
+                "specdecode_alone_tok_s": b * new / sum(alone_s[:b]),
+                "identical_rows": sum(r.token_ids == a for r, a in zip(batch, alone, strict=False)),
                 "batched_target_passes": batch.batched_passes,
                 "mean_acceptance_length": batch.stats.mean_acceptance_length,
                 "acceptance_rate": batch.stats.acceptance_rate,
-                "wall_s": {"batched": batched_s, "transformers": hf_s, "alone": alone_s},
+                "wall_s": {"batched": batched_s, "transformers": hf_s, "alone": sum(alone_s[:b])},
             }
             runs.append(row)
             print(json.dumps(row), flush=True)
 
     mem = {}
     for mode in ("specdecode", "transformers"):
-        cmd = [sys.executable, __file__, "--memory", mode, "--max-new-tokens", "32", "--k", str(args.k)]
+        cmd = [sys.executable, __file__, "--memory", mode, "--max-new-tokens", str(MEMORY_TOKENS), "--k", str(args.k)]
         cmd += ["--target", args.target, "--draft", args.draft, "--dtype", args.dtype]
         cmd += ["--draft-quantization", args.draft_quantization]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -153,8 +154,9 @@ def main() -> None:
         )
     lines += [
         "",
-        "Peak resident memory, fresh process, batch of 8 (32 new tokens): "
-        f"specdecode {mem['specdecode']['peak_mib']:.0f} MiB (after loading {mem['specdecode']['after_load_mib']:.0f}), "
+        f"Peak resident memory, fresh process, batch of 8 ({MEMORY_TOKENS} new tokens): "
+        f"specdecode {mem['specdecode']['peak_mib']:.0f} MiB "
+        f"(after loading {mem['specdecode']['after_load_mib']:.0f}), "
         f"transformers target-only {mem['transformers']['peak_mib']:.0f} MiB "
         f"(after loading {mem['transformers']['after_load_mib']:.0f}; the draft is loaded in both).",
     ]
