@@ -44,6 +44,8 @@ def transformers_batch(dec: SpeculativeDecoder, prompts: list[str], new: int, te
     """Target-only batched `generate` with left padding: (seconds, token ids per row)."""
     tok, model = dec.tokenizer, dec.target.model
     tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     inputs = tok(prompts, return_tensors="pt", padding=True)
     config = GenerationConfig(
         max_new_tokens=new,
