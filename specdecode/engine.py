@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -34,6 +35,9 @@ from specdecode.proposers import (
 )
 from specdecode.sampling import SamplingParams, Warp, check_finite, logits_to_probs
 from specdecode.stats import DecodeStats
+
+if TYPE_CHECKING:
+    from specdecode.batch import BatchResult
 
 Prompt = str | Sequence[int] | Sequence[dict]
 NumSpeculativeTokens = int | str  # K >= 0, "auto" or "heuristic"
@@ -252,7 +256,7 @@ class SpeculativeDecoder:
         sampling: SamplingParams | None = None,
         ignore_eos: bool = False,
         n: int = 1,
-    ) -> GenerationResult:
+    ) -> GenerationResult | BatchResult:
         """Generate up to `max_new_tokens`.
 
         `num_speculative_tokens`: K guesses per step; 0 is plain target decoding; "auto" picks K each
@@ -292,6 +296,8 @@ class SpeculativeDecoder:
     ) -> Iterator[tuple[list[int], OutputTracker, DecodeStats]]:
         """Validate, then run `_decode`, keeping the statistics current after every pass."""
         sampling = sampling or SamplingParams()
+        if is_batch(prompt):
+            raise ValueError("stream takes one prompt; decode several with generate([...])")
         prompt_ids = self.encode(prompt)
         self.check_request(len(prompt_ids), max_new_tokens, k)
         output = OutputTracker(self.tokenizer, () if ignore_eos else self.eos_ids, sampling.stop, max_new_tokens)

@@ -97,6 +97,8 @@ def test_batches_refuse_what_they_do_not_support(models):
     dec = SpeculativeDecoder(*models, TOKENIZER)
     with pytest.raises(ValueError, match="integer num_speculative_tokens"):
         dec.generate(PROMPTS, num_speculative_tokens="auto")
+    with pytest.raises(ValueError, match="stream takes one prompt"):
+        next(dec.stream(PROMPTS))
     with pytest.raises(ValueError, match="n must be a positive integer"):
         dec.generate(PROMPTS[0], n=0)
     with pytest.raises(ValueError, match="context length"):
