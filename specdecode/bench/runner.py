@@ -145,13 +145,9 @@ def run_bench(
                 for i, prompt in enumerate(ps):
                     for temperature in config.temperatures:
                         seed = config.seed + 1000 * rep + i
-                        reference = None
                         for method in methods:
                             bar.set_postfix_str(f"{workload} #{i + 1} T={temperature:g} {method.name}")
                             r = run(method, prompt, temperature, seed, config.max_new_tokens)
-                            if method.name == BASELINE:  # it runs first
-                                reference = r["token_ids"]
-                            r["identical"] = r["token_ids"] == reference if temperature == 0 else None
                             runs.append(
                                 {
                                     "workload": workload,
