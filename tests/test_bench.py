@@ -20,6 +20,7 @@ from specdecode.bench.estimates import (
 )
 from specdecode.bench.report import PLOTS
 from specdecode.bench.runner import parse_methods
+from specdecode.cli import main
 from specdecode.policy import expected_speedup, expected_tokens_per_pass
 
 
@@ -98,12 +99,19 @@ def long_context_models(tmp_path_factory):
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
+    """`specdecode bench` as a real subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "specdecode", "bench", "--no-progress", *args], capture_output=True, text=True
     )
 
 
-def test_bench_writes_every_output_and_rerenders_from_results(long_context_models, tmp_path):
+def bench_here(capsys, *args: str) -> tuple[int, str]:
+    """The same command line in this process (no interpreter start-up): (exit code, stderr)."""
+    code = main(["bench", "--no-progress", *args])
+    return code, capsys.readouterr().err
+
+
+def test_bench_writes_every_output_and_rerenders_from_results(long_context_models, tmp_path, capsys):
     root = long_context_models
     mine = tmp_path / "mine.jsonl"
     mine.write_text('{"prompt": "def f(x):"}\n{"messages": [{"role": "user", "content": "hi"}]}\n')
@@ -143,33 +151,34 @@ def test_bench_writes_every_output_and_rerenders_from_results(long_context_model
 
     for name in ("report.md", *PLOTS):
         (out / name).unlink()
-    again = bench("--from", str(out))
-    assert again.returncode == 0, again.stderr
+    code, err = bench_here(capsys, "--from", str(out))
+    assert code == 0, err
     assert (out / "report.md").read_text() == report
     assert all((out / name).is_file() for name in PLOTS)
 
 
-def test_methods_that_need_a_draft_are_skipped_with_a_reason(long_context_models, tmp_path):
+def test_methods_that_need_a_draft_are_skipped_with_a_reason(long_context_models, tmp_path, capsys):
     out = tmp_path / "out"
-    proc = bench(
+    code, err = bench_here(
+        capsys,
         "--target", str(long_context_models / "target"), "--workloads", "creative", "--methods", "chain,ngram",
         "--k", "2", "--temperatures", "0", "--max-new-tokens", "4", "--prompts-per-workload", "1", "--out", str(out),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["methods"] == ["baseline", "ngram auto"]
     assert results["skipped"] == [{"method": "chain K=2", "reason": "needs a draft model (--draft or --draft-layers)"}]
     assert "Skipped: **chain K=2**: needs a draft model" in (out / "report.md").read_text()
 
 
-def test_bench_refuses_bad_arguments(tmp_path):
+def test_bench_refuses_bad_arguments(tmp_path, capsys):
     for args, message in (
         (["--target", "x", "--k", "0..2", "--out", str(tmp_path)], "--k needs K values >= 1"),
         (["--target", "x", "--methods", "beam", "--out", str(tmp_path)], "unknown method 'beam'"),
         (["--from", str(tmp_path / "none")], "results.json does not exist"),
     ):
-        proc = bench(*args)
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        code, err = bench_here(capsys, *args)
+        assert code == 2 and message in err, err
 
 
 def test_report_compares_time_per_token_and_prefixes_when_a_run_stops_at_eos():
