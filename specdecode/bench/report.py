@@ -222,7 +222,7 @@ def plot(results: dict, rows: Sequence[Row], out: Path) -> list[Path]:
                 ax.plot([0] + [k for k, _ in pts], [1.0] + [s for _, s in pts], marker="o", label=w)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set(title=f"chain speedup vs K, T={t:g}", xlabel="K (0 = target-only)", ylabel="speedup")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     save(fig, PLOTS[0])
 
     fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 3.6), squeeze=False)
@@ -232,7 +232,7 @@ def plot(results: dict, rows: Sequence[Row], out: Path) -> list[Path]:
             if pts:
                 ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=m)
         ax.set(title=w, xlabel="temperature", ylabel="acceptance rate", ylim=(0, 1))
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     save(fig, PLOTS[1])
 
     fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 3.6), squeeze=False)
@@ -244,7 +244,7 @@ def plot(results: dict, rows: Sequence[Row], out: Path) -> list[Path]:
                     rates = row.stats.per_position_acceptance
                     ax.plot(range(1, len(rates) + 1), rates, style, marker=".", label=f"{m} T={t:g}")
         ax.set(title=w, xlabel="guess position", ylabel="acceptance", ylim=(0, 1))
-        ax.legend(fontsize=6)
+        _legend(ax, fontsize=6)
     save(fig, PLOTS[2])
 
     methods = list(dict.fromkeys(r.method for r in rows))
@@ -267,9 +267,17 @@ def plot(results: dict, rows: Sequence[Row], out: Path) -> list[Path]:
             ax.bar(xs, [i.estimate for i in tps], width, yerr=err, label=m, capsize=2)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], workloads)
         ax.set(title=f"tokens/s (median, IQR), T={t:g}", ylabel="tokens/s")
-        ax.legend(fontsize=7, ncol=2)
+        _legend(ax, fontsize=7, ncol=2)
     save(fig, PLOTS[3])
     return paths
+
+
+def _legend(ax, **options) -> None:
+    """A legend, or a note that the panel has nothing to show (e.g. no fixed-K chain was run)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**options)
+    else:
+        ax.text(0.5, 0.5, "no runs for this panel", ha="center", va="center", transform=ax.transAxes)
 
 
 def render(out: Path) -> Path:
