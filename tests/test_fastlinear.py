@@ -52,13 +52,15 @@ def test_module_swap_and_fallbacks():
     assert replaced == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer; lm_head
     layer = model.model.layers[0].mlp.up_proj
     assert isinstance(layer, FastLinear)
-    x = torch.randn(1, 70, 32)  # 70 rows: more than the kernel path takes, so PyTorch's
+    x = torch.randn(1, 20, 32)  # float32, 20 rows: PyTorch's path
     with torch.no_grad():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
-        rows = torch.randn(2, 20, 32)  # 40 rows: the kernel, 16 at a time; each row as if alone
-        out = layer(rows)
+        bf16 = FastLinear(torch.nn.Linear(32, 48, dtype=torch.bfloat16))
+        rows = torch.randn(2, 20, 32, dtype=torch.bfloat16)  # bfloat16, 40 rows: the kernel, 16 at a time
+        out = bf16(rows)
         for b, i in ((0, 0), (0, 17), (1, 19)):
-            assert torch.equal(out[b, i], layer(rows[b, i : i + 1])[0])
+            assert torch.equal(out[b, i], bf16(rows[b, i : i + 1])[0])  # each row as if alone
+        torch.testing.assert_close(out, F.linear(rows, bf16.weight, bf16.bias), rtol=2e-2, atol=2e-2)
         small = torch.randn(1, 5, 32)
         fast = layer(small)
         with stock_kernels():
