@@ -12,6 +12,7 @@ import pytest
 from tiny_models import save_model_pair
 
 from specdecode.bench.estimates import (
+    bound_with_prompt,
     depth_histogram,
     median_iqr,
     pass_cost,
@@ -200,3 +201,11 @@ def test_report_compares_time_per_token_and_prefixes_when_a_run_stops_at_eos():
     assert rows["fast"].speedup.estimate == pytest.approx(2.0)  # 1 s a token against 2 s
     assert rows["fast"].identical == (1, 2) and rows["fast"].short == 2  # prompt 1 diverged
     assert rows["fast"].tokens_per_s.estimate == pytest.approx(1.0)
+
+
+def test_bound_with_the_prompt_pass_is_amdahls_law():
+    assert bound_with_prompt(3.0, 0.0) == pytest.approx(3.0)
+    assert bound_with_prompt(3.0, 0.5) == pytest.approx(1.5)  # half the time cannot shrink: 1 / (0.5 + 0.5 / 3)
+    assert bound_with_prompt(1.0, 0.7) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        bound_with_prompt(2.0, 1.0)

@@ -92,3 +92,11 @@ def theoretical_speedup(
         raise ValueError("no target passes")
     verify = sum(count * pass_cost(verify_s, round(width * d) + 1) for d, count in depths.items()) / passes
     return tokens_per_pass * verify_s[1] / (draft_s_per_pass + verify)
+
+
+def bound_with_prompt(bound: float, prompt_share: float) -> float:
+    """The speedup bound for whole runs when a share of the baseline's time is the prompt's pass, which
+    speculation does not shorten (Amdahl): 1 / (share + (1 - share) / bound)."""
+    if not 0.0 <= prompt_share < 1.0:
+        raise ValueError(f"the prompt's share of the time must be in [0, 1), got {prompt_share}")
+    return 1.0 / (prompt_share + (1.0 - prompt_share) / bound)
