@@ -199,9 +199,10 @@ def generate_batch(
     if not prompts:
         raise ValueError("the batch has no prompts")
     batch = BatchDecoder(dec, num_speculative_tokens)
-    for prompt in prompts:  # every prompt checked before any work
-        dec.check_request(len(dec.encode(prompt)), max_new_tokens, num_speculative_tokens)
-    for p, prompt in enumerate(prompts):
+    encoded = [dec.encode(prompt) for prompt in prompts]
+    for ids in encoded:  # every prompt checked before any work
+        dec.check_request(len(ids), max_new_tokens, num_speculative_tokens)
+    for p, ids in enumerate(encoded):
         seed = None if sampling.seed is None else sampling.seed + p * n
-        batch.add(prompt, max_new_tokens, replace(sampling, seed=seed), ignore_eos, copies=n, index=p * n)
+        batch.add(ids, max_new_tokens, replace(sampling, seed=seed), ignore_eos, copies=n, index=p * n)
     return batch.run()

@@ -5,10 +5,10 @@ memory, sets the cost; see docs/benchmarks.md). `small_rows_linear` (csrc/small_
 built on first use with the machine's compiler, AVX-512 or AVX2) reads each weight row once for
 all rows, widening bfloat16 weights to float32 in registers. `use_fast_linear(model)` routes
 projections through it, 16 rows a call: bfloat16 and int8 weights for any number of rows (a
-batch's verification, a prefill: faster than PyTorch's bfloat16 GEMM on CPUs without bfloat16
-instructions: 53 against 73 ms for 64 rows of an 8960x1536 projection on one thread), float32
-weights up to 16 rows (PyTorch's float32 GEMM is 3x faster at 64 rows). The weights are the
-model's own tensors: no copy, no extra memory.
+batch's verification, a prefill), float32 weights up to 16 rows. The split comes from one
+hand-run, one-thread timing of an 8960x1536 projection (bfloat16, 64 rows: 53 ms in blocks
+against 73 ms for PyTorch; float32: PyTorch 3x faster), not yet from `benchmarks/linear_kernels.py`
+at the machine's thread count. The weights are the model's own tensors: no copy, no extra memory.
 """
 
 from __future__ import annotations
