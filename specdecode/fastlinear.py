@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specdecode import row_attention
+
 log = logging.getLogger(__name__)
 MAX_ROWS = 16  # rows per kernel call
 _enabled = True
@@ -101,9 +103,7 @@ class FastLinear(nn.Module):
             weight = self.weight if self.scale is None else (self.weight.float() * self.scale[:, None]).to(x.dtype)
             return F.linear(x, weight, self.bias)
         flat = x.reshape(rows, self.in_features)
-        y = torch.cat(
-            [small_rows_linear(chunk, self.weight, self.bias, self.scale) for chunk in flat.split(MAX_ROWS)]
-        )
+        y = torch.cat([small_rows_linear(chunk, self.weight, self.bias, self.scale) for chunk in flat.split(MAX_ROWS)])
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -130,14 +130,15 @@ def use_fast_linear(model: nn.Module, int8: bool = False) -> int:
 
 
 def use_small_rows_path(model: nn.Module, int8: bool = False) -> int:
-    """The CPU verification path: `use_fast_linear`, and eager attention.
+    """The CPU verification path: `use_fast_linear`, and row-exact attention (`row_attention`).
 
-    Eager attention computes each query's row the same way whatever the number of queries in the
-    pass (tested bit for bit, `tests/test_fastlinear.py`); PyTorch's fused SDPA does not (in
-    bfloat16 this flips near-ties, so greedy speculative output could drift from target-only
-    output). Returns the number of projections replaced.
+    Both compute each token's row the same way whatever the number of tokens in the pass, so a
+    verify pass over K+1 tokens caches the bits that K+1 one-token steps would (tested bit for bit
+    in bfloat16, `tests/test_fastlinear.py`): greedy speculative output equals target-only output
+    through the same path. Stock attention (SDPA, eager) rounds a query differently among others,
+    which in bfloat16 flips near-ties. Returns the number of projections replaced.
     """
     replaced = use_fast_linear(model, int8)
     if replaced and hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
+        model.set_attn_implementation(row_attention.NAME)
     return replaced

@@ -1,0 +1,76 @@
+"""Attention that computes each query on its own, against exactly the keys it may see.
+
+Why: greedy speculative output must equal target-only output, and in bfloat16 a one-bit change in
+a cached key can flip a near-tie. Eager attention multiplies every query of a pass by all the keys
+of the pass, masked ones included (as exact zeros), so a query checked among K+1 others sums over
+other lengths, in other blocks, than the same query decoded alone; the rounding differs. Here each
+query is one small product against its visible keys only (a slice for a causal prefix, a gather
+for tree or ragged masks), so its bits depend on the query, its keys and its values and nothing
+else: a prompt pass, a verify pass over K+1 tokens, a tree pass, a batch row between holes and a
+one-token step agree, and so does a prompt partly cached by an earlier request.
+
+Registered with transformers as ``"specdecode_rows"`` (attention and 4D float mask), selected by
+`fastlinear.use_small_rows_path`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+NAME = "specdecode_rows"
+
+
+def visible_keys(mask: torch.Tensor | None, batch: int, queries: int, keys: int) -> list[list[slice | torch.Tensor]]:
+    """For each row b and query i, the keys it sees: a slice when they are a prefix, else indices.
+
+    mask: [B, 1, n, S] additive (0 where a query may look, a large negative value elsewhere) or
+    None (causal, the n queries being the last n of S positions).
+    """
+    if mask is None:
+        return [[slice(0, keys - queries + i + 1) for i in range(queries)] for _ in range(batch)]
+    see = mask[:, 0] > torch.finfo(mask.dtype).min / 2  # [B, n, S]
+    counts = see.sum(-1).tolist()
+    prefix = (see.cumsum(-1) == torch.arange(1, keys + 1, device=see.device)).sum(-1).tolist()
+    return [
+        [
+            slice(0, counts[b][i]) if prefix[b][i] == counts[b][i] else see[b, i].nonzero().squeeze(1)
+            for i in range(queries)
+        ]
+        for b in range(batch)
+    ]
+
+
+def row_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query [B, H, n, d], key/value [B, Hkv, S, d] -> ([B, n, H, d], None), one query at a time."""
+    if kwargs.get("s_aux") is not None or kwargs.get("softcap") is not None or dropout and module.training:
+        raise NotImplementedError(
+            f"{type(module).__name__} uses attention sinks, soft-capping or dropout, which the row-exact "
+            "attention does not implement; load the model with kernels='stock'"
+        )
+    batch, heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    out = query.new_empty(batch, n, heads, dim)
+    query, key, value = query.float(), key.float(), value.float()  # bfloat16 products are exact in float32
+    for b, rows in enumerate(visible_keys(attention_mask, batch, n, key.shape[2])):
+        for i, seen in enumerate(rows):
+            k, v = (t[b, :, seen] if isinstance(seen, slice) else t[b].index_select(1, seen) for t in (key, value))
+            q = query[b, :, i].reshape(kv_heads, heads // kv_heads, dim)  # grouped query heads share keys
+            weights = torch.softmax(torch.matmul(q, k.transpose(1, 2)) * scaling, dim=-1, dtype=torch.float32)
+            out[b, i] = torch.matmul(weights, v).reshape(heads, dim)
+    return out, None
+
+
+AttentionInterface.register(NAME, row_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)
