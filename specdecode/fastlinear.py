@@ -103,7 +103,8 @@ class FastLinear(nn.Module):
             weight = self.weight if self.scale is None else (self.weight.float() * self.scale[:, None]).to(x.dtype)
             return F.linear(x, weight, self.bias)
         flat = x.reshape(rows, self.in_features)
-        y = torch.cat([small_rows_linear(chunk, self.weight, self.bias, self.scale) for chunk in flat.split(MAX_ROWS)])
+        chunks = [small_rows_linear(chunk, self.weight, self.bias, self.scale) for chunk in flat.split(MAX_ROWS)]
+        y = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 

@@ -61,14 +61,19 @@ def row_attention(
         )
     batch, heads, n, dim = query.shape
     kv_heads = key.shape[1]
-    out = query.new_empty(batch, n, heads, dim)
-    query, key, value = query.float(), key.float(), value.float()  # bfloat16 products are exact in float32
+    # float32 throughout: products of bfloat16 numbers are exact in it, and its matrix code is the fast one here
+    queries = query.transpose(1, 2).float().contiguous().view(batch, n, kv_heads, heads // kv_heads, dim)
+    keys_t, values = key.float().transpose(2, 3), value.float()  # [B, Hkv, d, S], [B, Hkv, S, d]
+    out = torch.empty(batch, n, kv_heads, heads // kv_heads, dim)
     for b, rows in enumerate(visible_keys(attention_mask, batch, n, key.shape[2])):
         for i, seen in enumerate(rows):
-            k, v = (t[b, :, seen] if isinstance(seen, slice) else t[b].index_select(1, seen) for t in (key, value))
-            q = query[b, :, i].reshape(kv_heads, heads // kv_heads, dim)  # grouped query heads share keys
-            weights = torch.softmax(torch.matmul(q, k.transpose(1, 2)) * scaling, dim=-1, dtype=torch.float32)
-            out[b, i] = torch.matmul(weights, v).reshape(heads, dim)
+            if isinstance(seen, slice):
+                k_t, v = keys_t[b, :, :, seen], values[b, :, seen]
+            else:
+                k_t, v = keys_t[b].index_select(2, seen), values[b].index_select(1, seen)
+            weights = torch.softmax(torch.matmul(queries[b, i], k_t).mul_(scaling), dim=-1)  # [Hkv, groups, L]
+            torch.matmul(weights, v, out=out[b, i])
+    return out.view(batch, n, heads, dim).to(query.dtype), None
     return out, None
 
 
