@@ -10,7 +10,7 @@ prompt (greedy, `--max-new-tokens`, EOS ignored), in one process:
   the same with the draft's weights in int8 (`--draft-quantization int8`).
 `--only REGEX` runs just the matching methods (the target-only baselines always run).
 Speedup = the fastest target-only time on that prompt / the method's time; medians over prompts.
-Writes docs/results/cpu_speed.{json,md}.
+Writes docs/results/NAME.{json,md} (`--name`, default cpu_speed).
 
     python benchmarks/cpu_speed.py --prompts 4 --max-new-tokens 128 --ks 2,3,4,5,6
 """
@@ -153,10 +153,10 @@ def main() -> None:
             f"| {s['identical']}/{len(prompts)} | {cells} |"
         )
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "cpu_speed.json").write_text(
+    (OUT / f"{args.name}.json").write_text(
         json.dumps({"settings": vars(args), "summary": summary, "runs": runs}, indent=1)
     )
-    (OUT / "cpu_speed.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

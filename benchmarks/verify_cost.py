@@ -1,6 +1,6 @@
 """The verify-cost curve: one target pass over n new tokens after a 200-token prefix, stock PyTorch
 kernels (SDPA attention) against specdecode's small-rows path (`use_small_rows_path`: small-rows
-linears, eager attention), float32 and bfloat16, in one
+linears, row-exact attention), float32 and bfloat16, in one
 process (median of `--repeat`). Also the draft's cost per token in each configuration.
 Writes docs/results/verify_cost.{json,md}.
 
