@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import torch
 from core_speed import MODELS, cpu_name, write_results
 
 from specdecode import SpeculativeDecoder
@@ -36,7 +37,7 @@ def right_guesses(draft: CachedModel, prompt: list[int], output: list[int]) -> l
     output[:j], is output[j] (one pass over all of it; each row's bits are those of one-token passes)."""
     draft.rollback(0)
     logits = draft.forward(prompt + output[:-1], num_logits=len(output))
-    return (logits.argmax(-1) == logits.new_tensor(output).long()).tolist()
+    return (logits.argmax(-1) == torch.tensor(output, device=logits.device)).tolist()
 
 
 def replay(policy: KPolicy, right: list[bool], verify_s: dict[int, float], draft_s: float) -> tuple[float, int]:
@@ -70,7 +71,7 @@ def main() -> None:
     dec = SpeculativeDecoder(target, draft, tokenizer)
     draft_cache = CachedModel(draft, len(tokenizer))
     prompts = [dec.encode(p) for p in workloads.load("code", args.prompts, len(tokenizer))]
-    sizes = list(range(1, AUTO_K_MAX + 2))
+    sizes = list(range(1, HeuristicK().k_max + 2))  # the heuristic guesses up to 16 tokens
     verify_s = measure_pass_costs(dec.target, prompts[0], sizes, args.repeat)
     draft_s = measure_pass_costs(draft_cache, prompts[0], [1], args.repeat)[1]
     print("target pass ms:", {n: round(s * 1000) for n, s in verify_s.items()}, f"draft pass {draft_s * 1000:.0f} ms")

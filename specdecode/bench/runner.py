@@ -137,7 +137,7 @@ def run_bench(
     sizes = sorted({1, *range(2, 10), *(config.tree_width * d + 1 for d in range(1, 9))})
     curve = measure_pass_costs(plain.target, plain.encode(first), sizes)
 
-    runs = []
+    runs, turn = [], -1
     total = config.repeat * sum(len(ps) for ps in prompts.values()) * len(config.temperatures) * len(methods)
     with tqdm(total=total, desc="bench", unit="run", file=sys.stderr, disable=not progress) as bar:
         for rep in range(config.repeat):
@@ -145,7 +145,8 @@ def run_bench(
                 for i, prompt in enumerate(ps):
                     for temperature in config.temperatures:
                         seed = config.seed + 1000 * rep + i
-                        for method in methods:
+                        turn = (turn + 1) % len(methods)  # rotate the order: no method always runs last
+                        for method in methods[turn:] + methods[:turn]:
                             bar.set_postfix_str(f"{workload} #{i + 1} T={temperature:g} {method.name}")
                             r = run(method, prompt, temperature, seed, config.max_new_tokens)
                             runs.append(
