@@ -137,9 +137,17 @@ def use_small_rows_path(model: nn.Module, int8: bool = False) -> int:
     verify pass over K+1 tokens caches the bits that K+1 one-token steps would (tested bit for bit
     in bfloat16, `tests/test_fastlinear.py`): greedy speculative output equals target-only output
     through the same path. Stock attention (SDPA, eager) rounds a query differently among others,
-    which in bfloat16 flips near-ties. Returns the number of projections replaced.
+    which in bfloat16 flips near-ties. A model whose attention the row-exact one does not cover
+    (soft-capping, sinks) keeps its own, with a warning. Returns the number of projections replaced.
     """
     replaced = use_fast_linear(model, int8)
     if replaced and hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(row_attention.NAME)
+        if row_attention.supports(model):
+            model.set_attn_implementation(row_attention.NAME)
+        else:
+            log.warning(
+                "%s: attention with soft-capping or sinks keeps its own implementation; in bfloat16 a "
+                "verify pass may round differently from one-token steps (use float32 for exact greedy identity)",
+                type(model).__name__,
+            )
     return replaced

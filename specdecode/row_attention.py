@@ -23,6 +23,14 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 NAME = "specdecode_rows"
 
 
+def supports(model: nn.Module) -> bool:
+    """Whether `row_attention` computes this model's attention: not with soft-capped scores (Gemma 2)
+    or attention sinks (gpt-oss), which it does not implement."""
+    config = model.config.get_text_config(decoder=True)
+    sinks = any(hasattr(module, "sinks") for module in model.modules())
+    return getattr(config, "attn_logit_softcapping", None) is None and not sinks
+
+
 def visible_keys(mask: torch.Tensor | None, batch: int, queries: int, keys: int) -> list[list[slice | torch.Tensor]]:
     """For each row b and query i, the keys it sees: a slice when they are a prefix, else indices.
 

@@ -203,6 +203,26 @@ def test_report_compares_time_per_token_and_prefixes_when_a_run_stops_at_eos():
     assert rows["fast"].tokens_per_s.estimate == pytest.approx(1.0)
 
 
+def test_report_bound_counts_the_draft_time_of_every_run():
+    """Made-up results: two chain runs of K = 2, each 10 passes of 3 tokens, 1 s of draft time each;
+    the row's bound is the guide's formula with 0.1 s of draft per pass, not with none."""
+    from specdecode.bench.report import summarize
+
+    def run(method, stats, prompt):
+        return {"workload": "w", "temperature": 0.0, "method": method, "prompt_index": prompt, "repeat": 0,
+                "wall_s": 4.0, "new_tokens": 30, "token_ids": list(range(30)), "stats": stats}  # fmt: skip
+
+    chain = {"prompt_tokens": 5, "new_tokens": 30, "drafted": 20, "accepted": 20, "rejections": 0,
+             "target_passes": 10, "draft_passes": 20, "drafted_at": [10, 10], "accepted_at": [10, 10],
+             "wall_s": 4.0, "target_s": 2.5, "draft_s": 1.0, "first_token_s": 0.5}  # fmt: skip
+    plain = {**chain, "drafted": 0, "accepted": 0, "target_passes": 30, "draft_passes": 0, "drafted_at": [],
+             "accepted_at": [], "draft_s": 0.0}  # fmt: skip
+    runs = [run("baseline", plain, 0), run("chain", chain, 0), run("baseline", plain, 1), run("chain", chain, 1)]
+    results = {"cost_curve_s": {"1": 0.2, "3": 0.3}, "runs": runs}
+    rows = {r.method: r for r in summarize(results)}
+    assert rows["chain"].bound == pytest.approx(3 * 0.2 / (0.1 + 0.3))
+
+
 def test_bound_with_the_prompt_pass_is_amdahls_law():
     assert bound_with_prompt(3.0, 0.0) == pytest.approx(3.0)
     assert bound_with_prompt(3.0, 0.5) == pytest.approx(1.5)  # half the time cannot shrink: 1 / (0.5 + 0.5 / 3)

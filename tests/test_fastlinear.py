@@ -204,3 +204,30 @@ def test_bfloat16_batch_rows_and_cached_prompts_match_decoding_alone(arch):
     batch = dec.generate(prompts, 32, num_speculative_tokens=3, ignore_eos=True)
     assert [row.token_ids for row in batch] == fresh
     assert batch.stats.accepted > 0
+
+
+def test_attention_the_row_exact_path_does_not_cover_keeps_its_own(caplog):
+    """Gemma 2 soft-caps its attention scores: the small-rows path keeps the model's attention (with
+    a warning) rather than computing something else, and speculative output still equals plain."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        attn_logit_softcapping=50.0,
+        initializer_range=0.3,
+    )
+    model = Gemma2ForCausalLM(config).eval()
+    before = model.config._attn_implementation
+    assert use_small_rows_path(model) > 0
+    assert model.config._attn_implementation == before and "soft-capping" in caplog.text
+    dec = SpeculativeDecoder(model, perturbed_copy(model, 0.05, 1), tokenizer)
+    plain = dec.generate("def f(x):", 16, num_speculative_tokens=0, ignore_eos=True)
+    assert dec.generate("def f(x):", 16, num_speculative_tokens=3, ignore_eos=True).token_ids == plain.token_ids

@@ -71,6 +71,7 @@ def summarize(results: dict) -> list[Row]:
             stats = DecodeStats()
             for r in runs:
                 stats.add(_stats(r["stats"]))
+            stats.draft_s = sum(r["stats"]["draft_s"] for r in runs)  # `add` counts tokens and passes, not time
         rows.append(
             Row(
                 workload,
