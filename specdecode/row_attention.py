@@ -72,7 +72,7 @@ def row_attention(
     # float32 throughout: products of bfloat16 numbers are exact in it, and its matrix code is the fast one here
     queries = query.transpose(1, 2).float().contiguous().view(batch, n, kv_heads, heads // kv_heads, dim)
     keys_t, values = key.float().transpose(2, 3), value.float()  # [B, Hkv, d, S], [B, Hkv, S, d]
-    out = torch.empty(batch, n, kv_heads, heads // kv_heads, dim)
+    out = torch.empty(batch, n, kv_heads, heads // kv_heads, dim, device=query.device)
     for b, rows in enumerate(visible_keys(attention_mask, batch, n, key.shape[2])):
         for i, seen in enumerate(rows):
             if isinstance(seen, slice):
