@@ -82,7 +82,6 @@ def row_attention(
             weights = torch.softmax(torch.matmul(queries[b, i], k_t).mul_(scaling), dim=-1)  # [Hkv, groups, L]
             torch.matmul(weights, v, out=out[b, i])
     return out.view(batch, n, heads, dim).to(query.dtype), None
-    return out, None
 
 
 AttentionInterface.register(NAME, row_attention)
