@@ -99,14 +99,28 @@ class AutoK:
     of the recent passes that `cost(n)` (target, n tokens) and `draft_cost()` report. K = 0 (plain
     decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... plain
     steps, so a draft that becomes useful again is noticed and a useless one costs little.
+
+    Guessing must promise at least `min_gain` more tokens per second than plain decoding: the model
+    leaves out per-step work (sampling over the vocabulary, acceptance) and a noisy cost reading
+    can make a near-useless draft look profitable. Guessing makes no one-token passes, so the
+    one-token cost, the yardstick of the choice between guessing and not, would keep its last
+    (maybe unlucky) reading: a plain step re-measures it whenever its expected loss, the promised
+    gain of one step, is at most `REFRESH_LOSS` of the guessing steps since the last plain step
+    (every 5 steps at a promised gain of 5%, every 40 at 40%).
     """
 
-    def __init__(self, cost, draft_cost, k_max: int = 8, width: int = 1, decay: float = 0.97) -> None:
+    REFRESH_LOSS = 0.01
+
+    def __init__(
+        self, cost, draft_cost, k_max: int = 8, width: int = 1, decay: float = 0.97, min_gain: float = 0.03
+    ) -> None:
         """`width`: guesses per depth (a tree's width); a step of depth K verifies width * K + 1 tokens."""
         self.cost, self.draft_cost, self.k_max, self.width, self.decay = cost, draft_cost, k_max, width, decay
+        self.min_gain = min_gain
         self.accepted_at = [0.0] * k_max  # decayed counts per position
         self.examined_at = [0.0] * k_max
         self.plain_steps, self.probe_after = 0, 4
+        self.guessing_steps = 0  # since the last plain step
 
     @property
     def rates(self) -> list[float]:
@@ -118,10 +132,15 @@ class AutoK:
 
     def next_k(self) -> int:
         curve = step_costs(self.cost, self.width, self.k_max)
-        k, _ = best_k(self.rates, self.draft_cost() / curve[1], curve)
-        if k > 0:
+        k, gain = best_k(self.rates, self.draft_cost() / curve[1], curve)
+        if k > 0 and gain >= 1.0 + self.min_gain:
             self.plain_steps, self.probe_after = 0, 4
-            return k
+            self.guessing_steps += 1
+            if self.REFRESH_LOSS * self.guessing_steps < gain - 1.0:
+                return k
+            self.guessing_steps = 0
+            return 0  # to re-measure the one-token cost
+        self.guessing_steps = 0
         self.plain_steps += 1
         if self.plain_steps < self.probe_after:
             return 0

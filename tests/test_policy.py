@@ -74,6 +74,43 @@ def test_auto_falls_back_to_plain_decoding_and_probes_with_backoff():
     assert [i for i, k in enumerate(ks) if k] == [3, 11, 27]
 
 
+def test_auto_re_measures_a_stale_one_token_cost():
+    """A useless draft, and one slow reading of the one-token pass (1.3 against a true 1.0) that
+    makes guessing one token look 20% faster than plain decoding (truly 8% slower). The plain
+    steps the policy makes to re-measure replace the reading and it falls back; without them it
+    would guess every step."""
+    import statistics
+
+    readings = [1.3] * 3  # the one-token pass times the model has seen; its cost is their recent median
+    policy = AutoK(
+        cost=lambda n: statistics.median(readings[-5:]) if n == 1 else 1.05, draft_cost=lambda: 0.05, k_max=1
+    )
+    ks = []
+    for _ in range(200):
+        k = policy.next_k()
+        ks.append(k)
+        if k == 0:
+            readings.append(1.0)
+        policy.observe(k, 0)
+    assert ks[:10].count(1) >= 8  # guessing at first: the slow reading says it pays
+    assert sum(ks[-100:]) <= 5  # then plain decoding with rare probes
+
+
+def test_auto_asks_a_margin_before_guessing():
+    """A draft that the model says is 1.5% faster than plain decoding is not used (`min_gain` 3%)."""
+    policies = [AutoK(cost=None, draft_cost=lambda: 0.1, k_max=1, min_gain=m) for m in (0.03, 0.0)]
+    for policy in policies:
+        for step in range(300):
+            policy.observe(1, int(step % 10 < 3))  # about 30% accepted
+    rate = policies[0].rates[0]
+    costs = {1: 1.0, 2: (1.0 + rate) / 1.015 - 0.1}  # so that expected_speedup(K = 1) = 1.015
+    for policy in policies:
+        policy.cost = costs.get
+    assert expected_speedup(policies[0].rates, 1, 0.1, costs) == pytest.approx(1.015)
+    assert [policies[0].next_k() for _ in range(3)] == [0, 0, 0]
+    assert policies[1].next_k() == 1
+
+
 def test_auto_follows_measured_costs():
     cpu_curve = {1: 1.0, 2: 2.0, 3: 2.9, 4: 2.9, 5: 2.9}
     policy = AutoK(cost=cpu_curve.get, draft_cost=lambda: 0.1, k_max=4)
