@@ -55,7 +55,7 @@ def main() -> None:
         use_small_rows_path(draft)
         decs[dtype] = SpeculativeDecoder(target, draft, tokenizer)
     int8_draft = load_model(args.draft, "bfloat16")
-    use_small_rows_path(int8_draft, int8=True)
+    use_small_rows_path(int8_draft, "int8")
     decs["bfloat16 + int8 draft"] = SpeculativeDecoder(decs["bfloat16"].target.model, int8_draft, tokenizer)
     greedy = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id

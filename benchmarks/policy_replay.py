@@ -67,7 +67,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.target)
     target, draft = load_model(args.target, "bfloat16"), load_model(args.draft, "bfloat16")
     use_small_rows_path(target)
-    use_small_rows_path(draft, int8=True)
+    use_small_rows_path(draft, "int8")
     dec = SpeculativeDecoder(target, draft, tokenizer)
     draft_cache = CachedModel(draft, len(tokenizer))
     prompts = [dec.encode(p) for p in workloads.load("code", args.prompts, len(tokenizer))]

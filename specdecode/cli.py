@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from specdecode.engine import KERNELS, PROPOSERS, SpeculativeDecoder
+from specdecode.fastlinear import QUANTIZATIONS
 from specdecode.loading import DTYPES, IncompatibleModelsError, ModelLoadError
 from specdecode.sampling import NonFiniteLogitsError, SamplingParams
 
@@ -52,8 +53,9 @@ def _add_load_args(p: argparse.ArgumentParser, target_required: bool = True) -> 
     p.add_argument(
         "--draft-quantization",
         default="none",
-        choices=("none", "int8"),
-        help="int8: per-row int8 draft weights on the small-rows kernels (cheaper guesses, same output)",
+        choices=QUANTIZATIONS,
+        help="int8: per-row int8 draft weights, int4: int4 in groups of 32, on the small-rows kernels "
+        "(cheaper guesses, same output)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(

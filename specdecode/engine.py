@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from specdecode.acceptance import accept_greedy, accept_sampled, accept_tree_greedy, accept_tree_sampled
-from specdecode.fastlinear import use_small_rows_path
+from specdecode.fastlinear import QUANTIZATIONS, use_small_rows_path
 from specdecode.kv import CachedModel
 from specdecode.loading import (
     IncompatibleModelsError,
@@ -198,8 +198,9 @@ class SpeculativeDecoder:
         """
         if kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
-        if draft_quantization not in ("none", "int8"):
-            raise ValueError(f"draft_quantization must be 'none' or 'int8', got {draft_quantization!r}")
+        if draft_quantization not in QUANTIZATIONS:
+            choices = ", ".join(QUANTIZATIONS)
+            raise ValueError(f"draft_quantization must be one of {choices}, got {draft_quantization!r}")
         target_model = load_model(target, dtype, device)
         tokenizer = load_tokenizer(target)
         if draft is not None and draft_layers is not None:
@@ -212,14 +213,15 @@ class SpeculativeDecoder:
         else:
             draft_model = None
         fast = kernels == "small-rows" or kernels == "auto" and target_model.device.type == "cpu"
-        int8 = draft_quantization == "int8"
-        if int8 and draft_model is None:
-            raise ValueError("draft_quantization='int8' needs a draft model")
+        quantized = draft_quantization != "none"
+        if quantized and draft_model is None:
+            raise ValueError(f"draft_quantization={draft_quantization!r} needs a draft model")
         if fast:
             use_small_rows_path(target_model)
-        replaced = use_small_rows_path(draft_model, int8=int8) if draft_model is not None and (fast or int8) else 0
-        if int8 and replaced == 0:
-            raise RuntimeError("an int8 draft needs the small-rows kernel, which could not be built here")
+        use_draft_path = draft_model is not None and (fast or quantized)
+        replaced = use_small_rows_path(draft_model, draft_quantization) if use_draft_path else 0
+        if quantized and replaced == 0:
+            raise RuntimeError(f"a {draft_quantization} draft needs the small-rows kernel; it cannot be built here")
         return cls(target_model, draft_model, tokenizer, draft_tokenizer=draft_tokenizer, **options)
 
     # -- public API ---------------------------------------------------------------------------

@@ -95,14 +95,33 @@ def test_int8_weights_match_their_dequantised_matrix():
     torch.testing.assert_close(small_rows_linear(x, q, None, scale), F.linear(x, q.float() * scale[:, None]))
 
 
-def test_int8_draft_keeps_the_output_exact():
+def test_int4_weights_match_their_dequantised_matrix():
+    from specdecode.fastlinear import dequantize_int4, quantize_int4
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(40, 96, generator=g)
+    packed, scale = quantize_int4(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (40, 48) and scale.shape == (40, 3)
+    dense = dequantize_int4(packed, scale)
+    step = scale.repeat_interleave(32, dim=1)
+    assert ((dense - w).abs() <= step / 2 + 1e-6).all()  # rounded to the nearest of the group's 15 levels
+    assert ((dense / step).round() - dense / step).abs().max() < 1e-4  # and on them
+    for rows in (1, 3, 16):  # the kernel reads the packing as `quantize_int4` writes it
+        x = torch.randn(rows, 96, generator=g)
+        torch.testing.assert_close(small_rows_linear(x, packed, None, scale), F.linear(x, dense))
+    with pytest.raises(ValueError, match="divisible by 32"):
+        quantize_int4(torch.randn(4, 40))
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantized_draft_keeps_the_output_exact(quantization):
     """A quantized draft only changes which guesses are made, never the output."""
     tokenizer = make_tokenizer()
     target = make_model("llama", len(tokenizer), 0, layers=3, dtype=torch.float32, init_range=0.3)
     draft = perturbed_copy(target, 0.02, 1)
     use_small_rows_path(target)
-    assert use_small_rows_path(draft, int8=True) == 3 * 7 + 1
-    assert draft.model.layers[0].mlp.up_proj.weight.dtype == torch.int8
+    assert use_small_rows_path(draft, quantization) == 3 * 7 + 1
+    assert draft.model.layers[0].mlp.up_proj.weight.dtype == {"int8": torch.int8, "int4": torch.uint8}[quantization]
     dec = SpeculativeDecoder(target, draft, tokenizer)
     plain = dec.generate("def f(x):", 40, num_speculative_tokens=0, ignore_eos=True)
     out = dec.generate("def f(x):", 40, num_speculative_tokens=4, ignore_eos=True)

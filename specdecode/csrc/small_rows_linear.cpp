@@ -1,7 +1,7 @@
 // y[n, out] = x[n, in] @ w[out, in]^T (* scale) (+ bias) for a few rows (n <= 16): speculative
-// verification's projections. Each weight row is read once for all n rows (bfloat16 or int8 weights are
-// widened to float32 in registers; int8 rows carry a float32 scale), so checking n tokens costs about one
-// read of the weights, like decoding one token.
+// verification's projections. Each weight row is read once for all n rows (bfloat16, int8 or int4 weights
+// are widened to float32 in registers; int8 rows carry a float32 scale, int4 groups of 32 one each), so
+// checking n tokens costs about one read of the weights, like decoding one token.
 // Row r's result is computed in the same order whatever n is: verifying n tokens gives bit-identical
 // projections to decoding them one at a time.
 #include <torch/extension.h>
@@ -53,6 +53,41 @@ inline float scalar(uint16_t v) {
   return f;
 }
 
+// Dense weights [out, in] of T.
+template <typename T>
+struct Dense {
+  const T* w;
+  int64_t in;
+  vec load(int64_t o, int64_t i) const { return vload(w + o * in + i); }
+  float at(int64_t o, int64_t i) const { return scalar(w[o * in + i]); }
+};
+
+// 4-bit weights: value = (nibble - 8) * scale of its group of 32 along `in`. Each 16 values of a row take
+// 8 bytes: byte k holds value k in its low nibble and value k + 8 in its high one. `in` is a multiple of 32.
+constexpr int64_t INT4_GROUP = 32;
+struct Int4 {
+  const uint8_t* q;      // [out, in / 2]
+  const float* scales;   // [out, in / 32]
+  int64_t in;
+  float group_scale(int64_t o, int64_t i) const { return scales[o * (in / INT4_GROUP) + i / INT4_GROUP]; }
+  vec load(int64_t o, int64_t i) const {  // i: a multiple of W
+    const __m128i bytes = _mm_loadl_epi64((const __m128i*)(q + o * (in / 2) + i / 16 * 8));
+    const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
+#if defined(__AVX512F__)
+    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, high)), _mm512_set1_epi32(8));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(group_scale(o, i)));
+#else
+    const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(i % 16 ? high : low), _mm256_set1_epi32(8));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(group_scale(o, i)));
+#endif
+  }
+  float at(int64_t o, int64_t i) const {
+    const uint8_t byte = q[o * (in / 2) + i / 16 * 8 + i % 8];
+    return float(int((i % 16 < 8 ? byte : byte >> 4) & 0x0F) - 8) * group_scale(o, i);
+  }
+};
+
 #if defined(__AVX512F__)
 constexpr int REGISTERS = 32;
 #else
@@ -61,8 +96,8 @@ constexpr int REGISTERS = 16;
 
 // Outputs o..o+R-1 for all N rows. R weight rows share each load of x: R*N accumulators in registers.
 // Each (output, row) pair sums over `in` in the same order for any N and R.
-template <int N, int R, typename T>
-inline void block(const float* x, const T* w, const float* scale, const float* bias, float* y, int64_t in,
+template <int N, int R, typename Weights>
+inline void block(const float* x, const Weights& w, const float* scale, const float* bias, float* y, int64_t in,
                   int64_t out, int64_t o) {
   const int64_t body = in / W * W;
   vec acc[R][N];
@@ -71,7 +106,7 @@ inline void block(const float* x, const T* w, const float* scale, const float* b
   for (int64_t i = 0; i < body; i += W) {
     vec wv[R];
 #pragma GCC unroll 8
-    for (int j = 0; j < R; ++j) wv[j] = vload(w + (o + j) * in + i);
+    for (int j = 0; j < R; ++j) wv[j] = w.load(o + j, i);
 #pragma GCC unroll 16
     for (int r = 0; r < N; ++r) {
       const vec xv = vload(x + r * in + i);
@@ -80,17 +115,16 @@ inline void block(const float* x, const T* w, const float* scale, const float* b
     }
   }
   for (int j = 0; j < R; ++j) {
-    const T* wo = w + (o + j) * in;
     for (int r = 0; r < N; ++r) {
       float s = vsum(acc[j][r]);
-      for (int64_t i = body; i < in; ++i) s += x[r * in + i] * scalar(wo[i]);
+      for (int64_t i = body; i < in; ++i) s += x[r * in + i] * w.at(o + j, i);
       y[r * out + o + j] = (scale ? s * scale[o + j] : s) + (bias ? bias[o + j] : 0.0f);
     }
   }
 }
 
-template <int N, typename T>
-void rows_kernel(const float* x, const T* w, const float* scale, const float* bias, float* y, int64_t in,
+template <int N, typename Weights>
+void rows_kernel(const float* x, const Weights& w, const float* scale, const float* bias, float* y, int64_t in,
                  int64_t out) {
   constexpr int R0 = (REGISTERS - 2) / (N + 1);
   constexpr int R = R0 < 1 ? 1 : (R0 > 8 ? 8 : R0);
@@ -98,19 +132,19 @@ void rows_kernel(const float* x, const T* w, const float* scale, const float* bi
     for (int64_t b = begin; b < end; ++b) {
       const int64_t o = b * R;
       if (o + R <= out) {
-        block<N, R, T>(x, w, scale, bias, y, in, out, o);
+        block<N, R>(x, w, scale, bias, y, in, out, o);
       } else {
-        for (int64_t k = o; k < out; ++k) block<N, 1, T>(x, w, scale, bias, y, in, out, k);
+        for (int64_t k = o; k < out; ++k) block<N, 1>(x, w, scale, bias, y, in, out, k);
       }
     }
   });
 }
 
-template <typename T>
-void dispatch(int64_t n, const float* x, const T* w, const float* scale, const float* b, float* y, int64_t in,
+template <typename Weights>
+void dispatch(int64_t n, const float* x, const Weights& w, const float* scale, const float* b, float* y, int64_t in,
               int64_t out) {
   switch (n) {
-#define CASE(k) case k: return rows_kernel<k, T>(x, w, scale, b, y, in, out);
+#define CASE(k) case k: return rows_kernel<k>(x, w, scale, b, y, in, out);
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
     CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
 #undef CASE
@@ -120,11 +154,14 @@ void dispatch(int64_t n, const float* x, const T* w, const float* scale, const f
 
 }  // namespace
 
-// x: [n, in] (any float dtype); weight: [out, in] float32, bfloat16 or int8 (contiguous); scale: [out]
-// float32, required for int8 weights; bias: [out] or None. Returns [n, out] in x's dtype.
+// x: [n, in] (any float dtype); weight: [out, in] float32, bfloat16 or int8, or [out, in / 2] uint8 (int4,
+// packed as `Int4` says), contiguous; scale: float32, [out] for int8 weights, [out, in / 32] for int4;
+// bias: [out] or None. Returns [n, out] in x's dtype.
 torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias,
                                 c10::optional<torch::Tensor> scale) {
-  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "shapes do not match");
+  const bool int4 = weight.scalar_type() == torch::kByte;
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1) * (int4 ? 2 : 1),
+              "shapes do not match");
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
   const int64_t n = x.size(0), in = x.size(1), out = weight.size(0);
   auto xf = x.to(torch::kFloat32).contiguous();
@@ -138,17 +175,23 @@ torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, c10::opti
   float* yp = y.data_ptr<float>();
   switch (weight.scalar_type()) {
     case torch::kBFloat16:
-      dispatch(n, xp, reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), s, b, yp, in, out);
+      dispatch(n, xp, Dense<uint16_t>{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in}, s,
+               b, yp, in, out);
       break;
     case torch::kFloat32:
-      dispatch(n, xp, weight.data_ptr<float>(), s, b, yp, in, out);
+      dispatch(n, xp, Dense<float>{weight.data_ptr<float>(), in}, s, b, yp, in, out);
       break;
     case torch::kChar:
-      TORCH_CHECK(s != nullptr, "int8 weights need a scale");
-      dispatch(n, xp, weight.data_ptr<int8_t>(), s, b, yp, in, out);
+      TORCH_CHECK(s != nullptr && sf.numel() == out, "int8 weights need a scale per output");
+      dispatch(n, xp, Dense<int8_t>{weight.data_ptr<int8_t>(), in}, s, b, yp, in, out);
+      break;
+    case torch::kByte:
+      TORCH_CHECK(in % INT4_GROUP == 0, "int4 weights need in_features divisible by ", INT4_GROUP);
+      TORCH_CHECK(s != nullptr && sf.numel() == out * (in / INT4_GROUP), "int4 weights need a scale per group");
+      dispatch(n, xp, Int4{weight.data_ptr<uint8_t>(), s, in}, nullptr, b, yp, in, out);
       break;
     default:
-      TORCH_CHECK(false, "weight must be float32, bfloat16 or int8");
+      TORCH_CHECK(false, "weight must be float32, bfloat16, int8 or packed int4 (uint8)");
   }
   return y.to(x.scalar_type());
 }
