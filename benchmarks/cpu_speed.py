@@ -7,7 +7,8 @@ prompt (greedy, `--max-new-tokens`, EOS ignored), in one process:
   target-only: float32 stock, bfloat16 stock, bfloat16 small-rows (specdecode K=0 each);
   `transformers` assisted generation, float32 stock (the configuration of core_speed.py);
   specdecode, bfloat16 target and draft, small-rows kernels, at each K and with K="auto";
-  the same with the draft's weights in int8 (`--draft-quantization int8`).
+  the same with the draft's weights in int8 and in int4 (`--draft-quantization int8|int4`).
+The methods' order is rotated from prompt to prompt (the machine's speed drifts).
 `--only REGEX` runs just the matching methods (the target-only baselines always run).
 Speedup = the fastest target-only time on that prompt / the method's time; medians over prompts.
 Writes docs/results/NAME.{json,md} (`--name`, default cpu_speed).
@@ -54,9 +55,10 @@ def main() -> None:
         use_small_rows_path(target)
         use_small_rows_path(draft)
         decs[dtype] = SpeculativeDecoder(target, draft, tokenizer)
-    int8_draft = load_model(args.draft, "bfloat16")
-    use_small_rows_path(int8_draft, "int8")
-    decs["bfloat16 + int8 draft"] = SpeculativeDecoder(decs["bfloat16"].target.model, int8_draft, tokenizer)
+    for quantization in ("int8", "int4"):
+        draft = load_model(args.draft, "bfloat16")
+        use_small_rows_path(draft, quantization)
+        decs[f"bfloat16 + {quantization} draft"] = SpeculativeDecoder(decs["bfloat16"].target.model, draft, tokenizer)
     greedy = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id
     )
@@ -92,15 +94,19 @@ def main() -> None:
         "transformers assisted float32 stock": None,
     }
     methods |= {f"specdecode bfloat16 small-rows K={k}": ("bfloat16", k, False) for k in ks}
-    methods |= {f"specdecode bfloat16 small-rows, int8 draft, K={k}": ("bfloat16 + int8 draft", k, False) for k in ks}
+    for q in ("int8", "int4"):
+        name = f"bfloat16 + {q} draft"
+        methods |= {f"specdecode bfloat16 small-rows, {q} draft, K={k}": (name, k, False) for k in ks}
     runs = []
     for i, prompt in enumerate(prompts):
         ids = tokenizer.encode(prompt)
-        row = {
+        chosen = [(m, spec) for m, spec in methods.items() if m in BASELINES or re.search(args.only, m)]
+        turn = i % len(chosen)
+        done = {
             m: assisted(ids) if spec is None else ours(spec[0], ids, spec[1], stock=spec[2])
-            for m, spec in methods.items()
-            if m in BASELINES or re.search(args.only, m)
+            for m, spec in chosen[turn:] + chosen[:turn]
         }
+        row = {m: done[m] for m, _ in chosen}
         fastest = min(row[b]["wall_s"] for b in BASELINES)
         for m, r in row.items():  # compared with target-only decoding in the same dtype and kernels
             reference = row[BASELINES[0] if "float32" in m else BASELINES[1] if "stock" in m else BASELINES[2]]

@@ -1,13 +1,16 @@
 """Proposers and the K policy on the Qwen2.5-Coder pair (issue 4), greedy and temperature 0.7.
 
 One process, the CPU's fastest configuration (bfloat16 weights, small-rows kernels; int8 draft),
-every method on the same prompt before the next prompt, `--max-new-tokens` tokens, EOS ignored:
+every method on the same prompt before the next prompt (the methods' order rotated from prompt to
+prompt and from repetition to repetition, as the machine's speed drifts), `--max-new-tokens`
+tokens, EOS ignored:
   code (HumanEval):  target-only; draft chain at each K; auto; tree (width 2) at each depth
   edit, summarize:   target-only; n-gram lookup at K=4 and auto (no draft); ngram+draft auto
   random tokens:     target-only; draft chain auto (random-token prompts)
   useless:           target-only; auto with a draft made of the target's first 2 layers, which is
                      almost never right (code prompts): auto must fall back to plain decoding
-Speedup = target-only time / method time on the same prompt and temperature; medians over prompts.
+Speedup = target-only time / method time on the same prompt and temperature (times summed over
+`--repeat` repetitions); medians over prompts.
 Writes docs/results/proposers.{json,md}.
 
     python benchmarks/proposers.py --prompts 4 --max-new-tokens 128
@@ -46,6 +49,14 @@ def method_table(ks: list[int], tree_ks: list[int]) -> dict[str, dict[str, tuple
     }
 
 
+def mean_run(reps: list[dict]) -> dict:
+    """One record for the repetitions of a method on a prompt: numbers averaged, the rest from the first."""
+    return {
+        key: statistics.mean(r[key] for r in reps) if isinstance(value, int | float) else value
+        for key, value in reps[0].items()
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default=str(MODELS / "qwen2.5-coder-1.5b-instruct"))
@@ -56,6 +67,7 @@ def main() -> None:
     ap.add_argument("--tree-ks", default="3,4")
     ap.add_argument("--temperatures", default="0,0.7")
     ap.add_argument("--workloads", default="code,edit,summarize,random,useless")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each method on each prompt")
     ap.add_argument("--name", default="proposers", help="output file stem under docs/results/")
     args = ap.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -94,10 +106,17 @@ def main() -> None:
     for workload in chosen:
         for i, prompt in enumerate(prompts[workload]):
             for temperature in temperatures:
-                row = {m: run(d, prompt, k, temperature, seed=i) for m, (d, k) in table[workload].items()}
-                for r in row.values():
+                methods = list(table[workload].items())
+                reps = []
+                for rep in range(args.repeat):
+                    turn = (i + rep) % len(methods)
+                    order = methods[turn:] + methods[:turn]
+                    reps.append({m: run(d, prompt, k, temperature, seed=i) for m, (d, k) in order})
+                row = {m: mean_run([r[m] for r in reps]) for m in table[workload]}
+                for m, r in row.items():
                     r["speedup"] = row[TARGET_ONLY]["wall_s"] / r["wall_s"]
-                    r["identical"] = r["token_ids"] == row[TARGET_ONLY]["token_ids"] if temperature == 0 else None
+                    same = all(r_[m]["token_ids"] == r_[TARGET_ONLY]["token_ids"] for r_ in reps)
+                    r["identical"] = same if temperature == 0 else None
                 runs.append({"workload": workload, "prompt_index": i, "temperature": temperature, "methods": row})
                 print(
                     f"{workload} {i + 1}/{len(prompts[workload])} T={temperature}: "

@@ -171,6 +171,7 @@ class SpeculativeDecoder:
             )
         self.target = CachedModel(target, self.vocab_size)
         self.proposer = make_proposer(proposer, draft, self.vocab_size, ngram_max, ngram_min, tree_width)
+        self._auto: AutoK | None = None  # the "auto" policy, kept from call to call
         self.eos_ids = eos_token_ids(target, tokenizer)
         lengths = [n for n in (context_length(target), draft and context_length(draft)) if n]
         self.max_context = min(lengths) if lengths else None
@@ -227,7 +228,8 @@ class SpeculativeDecoder:
     # -- public API ---------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Drop the KV caches. Between calls they are kept, so a shared prompt prefix is reused."""
+        """Drop the KV caches. Between calls they are kept, so a shared prompt prefix is reused.
+        (What the `auto` policy learnt, acceptance and costs, is kept too.)"""
         self.target.rollback(0)
         if self.proposer is not None:
             self.proposer.reset()
@@ -262,7 +264,8 @@ class SpeculativeDecoder:
         """Generate up to `max_new_tokens`.
 
         `num_speculative_tokens`: K guesses per step; 0 is plain target decoding; "auto" picks K each
-        step from measured costs and acceptance (K = 0 included); "heuristic" is +2 / -1 per step.
+        step from measured costs and acceptance (K = 0 included), remembering both from call to
+        call (`reset` keeps them); "heuristic" is +2 / -1 per step.
 
         A list of prompts, or n > 1, decodes a batch (`specdecode.batch`) and returns a BatchResult:
         one GenerationResult per row (prompt p, sample c at index p * n + c, seeded seed + p * n + c).
@@ -381,12 +384,15 @@ class SpeculativeDecoder:
             return HeuristicK()
         if k != "auto":
             return FixedK(k)
+        if self._auto is not None:
+            return self._auto
         width = getattr(self.proposer, "width", 1)  # guesses per depth: a tree's width
         k_max = min(AUTO_K_MAX, max(1, AUTO_TREE_NODES_MAX // width))
         sizes = [width * k + 1 for k in range(k_max + 1)]
         if self.proposer.guess_cost() is None or any(self.target.pass_cost(n) is None for n in sizes):
             calibrate(self.target, self.proposer, prompt_ids, sizes)  # once per decoder
-        return AutoK(self.target.pass_cost, self.proposer.guess_cost, k_max, width)
+        self._auto = AutoK(self.target.pass_cost, self.proposer.guess_cost, k_max, width)
+        return self._auto
 
     def _draft_counters(self) -> tuple[float, int]:
         """(seconds in proposer passes, proposer passes) so far."""

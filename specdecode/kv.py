@@ -18,12 +18,15 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from specdecode.pass_costs import PassCosts, device_pace
+
 TIMED_PASS_MAX = 64  # passes over at most this many new tokens are timed per size (prefills are not)
 
 
 class CachedModel:
-    """Runs a causal LM over new tokens only; `forward_s` accumulates time in its passes and
-    `pass_cost(n)` is the median of the last few passes over n new tokens."""
+    """Runs a causal LM over new tokens only; `forward_s` accumulates time in its passes,
+    `pass_time(n)` is the median of the last few passes over n new tokens (a measurement) and
+    `pass_cost(n)` their drift-aware estimate now (for the `auto` policy; `specdecode.pass_costs`)."""
 
     def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
         self.model = model
@@ -35,6 +38,7 @@ class CachedModel:
         self.passes = 0
         self.forward_s = 0.0
         self._pass_times: dict[int, deque[float]] = {}
+        self._costs = PassCosts(device_pace(self.device.type))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,6 +105,7 @@ class CachedModel:
         self.forward_s += seconds
         if len(new_ids) <= TIMED_PASS_MAX:
             self._pass_times.setdefault(len(new_ids), deque(maxlen=5)).append(seconds)
+            self._costs.observe(len(new_ids), seconds)
         return out.logits[0, -num_logits:, : self.vocab_size]
 
     def _tree_inputs(self, num_linear: int, parents: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -133,10 +138,14 @@ class CachedModel:
         positions = torch.tensor([position_ids], dtype=torch.long, device=self.device)
         return {"attention_mask": mask[None, None], "position_ids": positions}
 
-    def pass_cost(self, n: int) -> float | None:
+    def pass_time(self, n: int) -> float | None:
         """Median seconds of the recent passes over n new tokens, None if there was none."""
         times = self._pass_times.get(n)
         return statistics.median(times) if times else None
+
+    def pass_cost(self, n: int) -> float | None:
+        """Estimated seconds of a pass over n new tokens at the machine's current pace, None before one."""
+        return self._costs.cost(n)
 
     def next_logits(
         self, tokens: Sequence[int], extra: Sequence[int] = (), tree: Sequence[int] | None = None

@@ -95,21 +95,18 @@ class AutoK:
     from the guesses examined there, decayed each time the position is examined (a memory of about
     1 / (1 - decay) examinations), and shrunk by one pseudo-observation towards the rate of the
     position before (so a position never tried inherits it). A heavier prior or a shorter memory
-    biases the rates towards the prior and makes the policy guess too little. Costs are the medians
-    of the recent passes that `cost(n)` (target, n tokens) and `draft_cost()` report. K = 0 (plain
-    decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... plain
-    steps, so a draft that becomes useful again is noticed and a useless one costs little.
+    biases the rates towards the prior and makes the policy guess too little. Costs are what
+    `cost(n)` (target, n tokens) and `draft_cost()` report at the time. K = 0 (plain
+    decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... (at most
+    64) plain steps, so a draft that becomes useful again is noticed and a useless one costs little.
 
     Guessing must promise at least `min_gain` more tokens per second than plain decoding: the model
     leaves out per-step work (sampling over the vocabulary, acceptance) and a noisy cost reading
-    can make a near-useless draft look profitable. Guessing makes no one-token passes, so the
-    one-token cost, the yardstick of the choice between guessing and not, would keep its last
-    (maybe unlucky) reading: a plain step re-measures it whenever its expected loss, the promised
-    gain of one step, is at most `REFRESH_LOSS` of the guessing steps since the last plain step
-    (every 5 steps at a promised gain of 5%, every 40 at 40%).
+    can make a near-useless draft look profitable. (`CachedModel.pass_cost` keeps sizes measured at
+    different times comparable on a machine whose pace drifts.)
     """
 
-    REFRESH_LOSS = 0.01
+    PROBE_AFTER_MAX = 64  # plain steps
 
     def __init__(
         self, cost, draft_cost, k_max: int = 8, width: int = 1, decay: float = 0.97, min_gain: float = 0.03
@@ -120,7 +117,6 @@ class AutoK:
         self.accepted_at = [0.0] * k_max  # decayed counts per position
         self.examined_at = [0.0] * k_max
         self.plain_steps, self.probe_after = 0, 4
-        self.guessing_steps = 0  # since the last plain step
 
     @property
     def rates(self) -> list[float]:
@@ -135,16 +131,11 @@ class AutoK:
         k, gain = best_k(self.rates, self.draft_cost() / curve[1], curve)
         if k > 0 and gain >= 1.0 + self.min_gain:
             self.plain_steps, self.probe_after = 0, 4
-            self.guessing_steps += 1
-            if self.REFRESH_LOSS * self.guessing_steps < gain - 1.0:
-                return k
-            self.guessing_steps = 0
-            return 0  # to re-measure the one-token cost
-        self.guessing_steps = 0
+            return k
         self.plain_steps += 1
         if self.plain_steps < self.probe_after:
             return 0
-        self.plain_steps, self.probe_after = 0, self.probe_after * 2
+        self.plain_steps, self.probe_after = 0, min(2 * self.probe_after, self.PROBE_AFTER_MAX)
         return 1
 
     def observe(self, guessed: int, accepted: int) -> None:
@@ -166,7 +157,7 @@ def measure_pass_costs(model, context: Sequence[int], sizes: Sequence[int], repe
         for n in sizes:
             model.forward([context[-1]] * n, num_logits=n)  # logits for every position, as verification
             model.rollback(base)
-    return {n: model.pass_cost(n) for n in sizes}
+    return {n: model.pass_time(n) for n in sizes}
 
 
 def calibrate(target, proposer, context: Sequence[int], sizes: Sequence[int], repeats: int = 2) -> None:

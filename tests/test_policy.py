@@ -1,7 +1,11 @@
 """The speedup formulas and the statistics, on made-up numbers."""
 
+import random
+import statistics
+
 import pytest
 
+from specdecode.pass_costs import PACE_RATE, Pace, PassCosts
 from specdecode.policy import (
     AutoK,
     HeuristicK,
@@ -74,26 +78,69 @@ def test_auto_falls_back_to_plain_decoding_and_probes_with_backoff():
     assert [i for i, k in enumerate(ks) if k] == [3, 11, 27]
 
 
-def test_auto_re_measures_a_stale_one_token_cost():
-    """A useless draft, and one slow reading of the one-token pass (1.3 against a true 1.0) that
-    makes guessing one token look 20% faster than plain decoding (truly 8% slower). The plain
-    steps the policy makes to re-measure replace the reading and it falls back; without them it
-    would guess every step."""
-    import statistics
+class MedianCosts:
+    """Each size's median of its last 5 readings: what the policy read before `pass_costs`."""
 
-    readings = [1.3] * 3  # the one-token pass times the model has seen; its cost is their recent median
-    policy = AutoK(
-        cost=lambda n: statistics.median(readings[-5:]) if n == 1 else 1.05, draft_cost=lambda: 0.05, k_max=1
-    )
-    ks = []
-    for _ in range(200):
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}
+
+    def observe(self, n: int, seconds: float) -> None:
+        self.times.setdefault(n, []).append(seconds)
+
+    def cost(self, n: int) -> float | None:
+        return statistics.median(self.times[n][-5:]) if n in self.times else None
+
+
+def guesses_on_a_drifting_machine(target, draft) -> int:
+    """Steps out of 300 that guess, with a useless draft (0.16 of a target pass, never right) on a
+    machine whose pace swings between 1.0 and 1.3 every 10 steps (+-5% noise, seeded). A pass over
+    n tokens costs 1 + 0.05 (n - 1) times the pace."""
+    rng = random.Random(0)
+    policy = AutoK(cost=target.cost, draft_cost=lambda: draft.cost(1), k_max=4)
+    for _ in range(3):  # calibration, at the normal pace
+        for n in range(1, 6):
+            target.observe(n, 1 + 0.05 * (n - 1))
+        draft.observe(1, 0.16)
+    guessing = 0
+    for step in range(300):
+        pace = (1.3 if step // 10 % 2 else 1.0) * (1 + 0.05 * rng.uniform(-1, 1))
         k = policy.next_k()
-        ks.append(k)
-        if k == 0:
-            readings.append(1.0)
+        for _ in range(k):
+            draft.observe(1, 0.16 * pace)
+        target.observe(k + 1, (1 + 0.05 * k) * pace)
         policy.observe(k, 0)
-    assert ks[:10].count(1) >= 8  # guessing at first: the slow reading says it pays
-    assert sum(ks[-100:]) <= 5  # then plain decoding with rare probes
+        guessing += k > 0
+    return guessing
+
+
+def test_auto_stays_plain_with_a_useless_draft_on_a_drifting_machine():
+    """Plain decoding reads only one-token passes: with each size's own recent median, a slow
+    one-token reading against an older, faster 2-token one makes a guess look cheaper than it is,
+    and the policy guesses again at every slow spell (30 steps). With the costs at the shared pace
+    it guesses in its first steps (the prior) and at its probes only (9)."""
+    pace = Pace()
+    assert guesses_on_a_drifting_machine(PassCosts(pace), PassCosts(pace)) <= 10
+    assert guesses_on_a_drifting_machine(MedianCosts(), MedianCosts()) >= 20  # negative control
+
+
+def test_pass_costs_move_every_size_with_the_machine_and_keep_their_ratios():
+    pace = Pace()
+    target, draft = PassCosts(pace), PassCosts(pace)
+    for _ in range(3):
+        target.observe(1, 1.0)
+        target.observe(2, 1.05)
+        draft.observe(1, 0.2)
+    for _ in range(30):  # the machine slows by 1.3; only one-token target passes are seen
+        target.observe(1, 1.3)
+    assert target.cost(1) == pytest.approx(1.3, rel=0.03)
+    assert target.cost(2) / target.cost(1) == pytest.approx(1.05, rel=0.02)
+    assert draft.cost(1) / target.cost(1) == pytest.approx(0.2, rel=0.02)
+    for _ in range(30):  # back to normal; only 2-token passes are seen
+        target.observe(2, 1.05)
+    assert target.cost(1) == pytest.approx(1.0, rel=0.05)  # each shape took a few % of the swings
+    before = pace.value
+    target.observe(2, 1000.0)  # a pause of the process: the pace moves by at most 2 ** PACE_RATE
+    assert pace.value / before == pytest.approx(2**PACE_RATE)
 
 
 def test_auto_asks_a_margin_before_guessing():
