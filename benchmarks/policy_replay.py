@@ -8,6 +8,7 @@ draft's guess there is right; a step at position j with K guesses then accepts e
 right guesses from j (at most K). Each policy (the real `FixedK`, `HeuristicK`, `AutoK` objects)
 is replayed on that trace with costs measured here (target pass over n tokens, draft pass), which
 gives its modelled time per token, free of noise. The same costs drive `auto` in real runs.
+One `AutoK` serves all prompts in turn, as a decoder keeps it from call to call.
 
 Qwen2.5-Coder 1.5B target, 0.5B draft (int8), bfloat16, small-rows kernels, HumanEval prompts.
 Writes docs/results/policy_replay.{json,md}.
@@ -77,7 +78,8 @@ def main() -> None:
     print("target pass ms:", {n: round(s * 1000) for n, s in verify_s.items()}, f"draft pass {draft_s * 1000:.0f} ms")
 
     policies = {f"K={k}": (lambda k=k: FixedK(k)) for k in range(AUTO_K_MAX + 1)}
-    policies |= {"heuristic": HeuristicK, "auto": lambda: AutoK(verify_s.get, lambda: draft_s, AUTO_K_MAX)}
+    auto = AutoK(verify_s.get, lambda: draft_s, AUTO_K_MAX)  # one for all prompts, as a decoder keeps it
+    policies |= {"heuristic": HeuristicK, "auto": lambda: auto}
     runs = []
     for i, prompt in enumerate(prompts):
         dec.reset()

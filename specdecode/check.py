@@ -70,7 +70,7 @@ def run_check(
         print(f"measuring acceptance: prompt {i + 1}/{len(BUILTIN_PROMPTS)} ...", file=progress, flush=True)
         stats = dec.generate(prompt, new_tokens, num_speculative_tokens=min(4, k_max), ignore_eos=True).stats
         total.add(stats)
-    guess_ms = (dec.proposer.guess_cost() or 0.0) * 1000  # median of the last guesses
+    guess_ms = (dec.proposer.guess_cost() or 0.0) * 1000  # its estimate now (specdecode.pass_costs)
     dec.reset()
     alpha = total.token_acceptance
     steps = step_costs(curve.get, width, k_max)

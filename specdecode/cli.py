@@ -52,10 +52,10 @@ def _add_load_args(p: argparse.ArgumentParser, target_required: bool = True) -> 
     p.add_argument("--draft-dtype", choices=list(DTYPES), help="draft weights dtype (default: --dtype)")
     p.add_argument(
         "--draft-quantization",
-        default="none",
-        choices=QUANTIZATIONS,
+        default="auto",
+        choices=("auto", *QUANTIZATIONS),
         help="int8: per-row int8 draft weights, int4: int4 in groups of 32, on the small-rows kernels "
-        "(cheaper guesses, same output)",
+        "(cheaper guesses, same output); auto (default): the fastest measured, where those kernels run",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(

@@ -12,9 +12,18 @@ def test_from_local_folders(model_dirs):
     target_dir, draft_dir = model_dirs
     dec = SpeculativeDecoder.from_pretrained(str(target_dir), str(draft_dir), dtype="float32")
     assert dec.target.model.dtype == torch.float32
+    up_proj = dec.proposer.draft.model.model.layers[0].mlp.up_proj
+    assert up_proj.weight.dtype == torch.int8  # draft_quantization="auto" on a CPU: the measured fastest
     greedy = dec.generate("def f(x):", 12, num_speculative_tokens=0, ignore_eos=True)
     assert dec.generate("def f(x):", 12, num_speculative_tokens=3, ignore_eos=True).token_ids == greedy.token_ids
     assert len(greedy.token_ids) == 12 and greedy.text
+
+
+def test_stock_kernels_leave_the_draft_unquantized(model_dirs):
+    dec = SpeculativeDecoder.from_pretrained(*map(str, model_dirs), dtype="float32", kernels="stock")
+    assert dec.proposer.draft.model.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="draft_quantization must be one of auto, none, int8, int4"):
+        SpeculativeDecoder.from_pretrained(str(model_dirs[0]), draft_quantization="int3")
 
 
 def test_draft_from_first_layers_shares_weights(model_dirs):
