@@ -111,6 +111,10 @@ def test_int4_weights_match_their_dequantised_matrix():
         torch.testing.assert_close(small_rows_linear(x, packed, None, scale), F.linear(x, dense))
     with pytest.raises(ValueError, match="divisible by 32"):
         quantize_int4(torch.randn(4, 40))
+    from specdecode.fastlinear import FastLinear
+
+    assert FastLinear(torch.nn.Linear(40, 8), "int4").weight.dtype == torch.int8  # such a layer falls back to int8
+    assert FastLinear(torch.nn.Linear(96, 8), "int4").weight.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
