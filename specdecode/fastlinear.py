@@ -2,34 +2,29 @@
 
 Stock `F.linear` over a few rows costs 2-3x one row on this kind of CPU (the matrix code, not the
 memory, sets the cost; see docs/benchmarks.md). `small_rows_linear` (csrc/small_rows_linear.cpp,
-built on first use with the machine's compiler, AVX-512 or AVX2) reads each weight row once for
-all rows, widening bfloat16 weights to float32 in registers. `use_fast_linear(model)` routes
-projections through it, 16 rows a call: bfloat16, int8 and int4 weights for any number of rows (a
-batch's verification, a prefill), float32 weights up to 16 rows. The split comes from one
-hand-run, one-thread timing of an 8960x1536 projection (bfloat16, 64 rows: 53 ms in blocks
-against 73 ms for PyTorch; float32: PyTorch 3x faster), not yet from `benchmarks/linear_kernels.py`
-at the machine's thread count. The weights are the model's own tensors: no copy, no extra memory.
+built on first use with the machine's compiler, AVX-512 or AVX2) reads the weights packed in panels
+of PW outputs (`pack`): one contiguous load gives PW outputs' weights for one input, widened to
+float32 in registers and multiplied by each row's input, so each weight is read once for all rows
+and the inputs stay in L1. `use_fast_linear(model)` routes every projection through it, for any
+number of rows (measured against PyTorch on the 1.5B model's shapes, 2 threads: bfloat16 3-4x
+faster from 8 rows on; float32 as fast up to 64 rows, 15-30% slower for a 200-token prefill).
+The packed weights replace the layer's own (no copy; a tied output projection keeps the embedding).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specdecode import row_attention
 
 log = logging.getLogger(__name__)
-MAX_ROWS = 16  # rows per kernel call
 INT4_GROUP = 32  # int4 weights: one scale per this many inputs (as in csrc)
 QUANTIZATIONS = ("none", "int8", "int4")
-_enabled = True
 SOURCE = Path(__file__).parent / "csrc" / "small_rows_linear.cpp"
 
 
@@ -52,14 +47,10 @@ def extension():
 
 
 def small_rows_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    x: torch.Tensor, packed: torch.Tensor, out: int, bias: torch.Tensor | None = None, scale: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """[n, in] @ [out, in]^T (* scale per output) (+ bias) for n <= 16 rows -> [n, out], in x's dtype.
-
-    weight: float32, bfloat16, int8 with a float32 `scale` [out], or int4 as `quantize_int4` packs it
-    (uint8 [out, in / 2] with `scale` [out, in / 32]).
-    """
-    return extension().small_rows_linear(x, weight, bias, scale)
+    """x [n, in] @ W^T (* scale per output) (+ bias) -> [n, out], in x's dtype, for (packed, scale) = `pack(W, ...)`."""
+    return extension().small_rows_linear(x, packed, out, bias, scale)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,46 +61,71 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int4 per group of 32 inputs: (packed uint8 [out, in / 2], scale [out, in / 32] float32).
-
-    Value i of a row is q[i] * scale[i // 32], q in [-7, 7], stored as q + 8 in a nibble: each 16 values
-    take 8 bytes, byte k holding value k (low nibble) and value k + 8 (high nibble). in % 32 == 0.
-    """
+    """Symmetric int4 per group of 32 inputs: (q [out, in] int8 in [-7, 7], scale [out, in / 32] float32),
+    weight[o, i] ~ q[o, i] * scale[o, i // 32]. in % 32 == 0."""
     out, size = weight.shape
     if size % INT4_GROUP:
         raise ValueError(f"int4 needs in_features divisible by {INT4_GROUP}, got {size}")
     groups = weight.detach().float().reshape(out, size // INT4_GROUP, INT4_GROUP)
     scale = (groups.abs().amax(dim=2) / 7.0).clamp_min(torch.finfo(torch.float32).tiny)
-    q = (torch.round(groups / scale[..., None]).clamp(-7, 7) + 8).to(torch.uint8).reshape(out, size // 16, 2, 8)
-    return (q[:, :, 0] | q[:, :, 1] << 4).reshape(out, size // 2), scale
+    return torch.round(groups / scale[..., None]).clamp(-7, 7).to(torch.int8).reshape(out, size), scale
 
 
-def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The float32 matrix [out, in] that `quantize_int4`'s (packed, scale) stand for."""
-    out = packed.shape[0]
-    blocks = packed.reshape(out, -1, 1, 8)
-    q = torch.cat([blocks & 0x0F, blocks >> 4], dim=2).reshape(out, -1, INT4_GROUP).float() - 8.0
-    return (q * scale[..., None]).reshape(out, -1)
+def to_panels(matrix: torch.Tensor) -> torch.Tensor:
+    """[out, in] -> [panels, in, PW], zero rows past `out`: the kernel reads PW outputs' weights for input i
+    in one contiguous load (PW = 48 with AVX-512, 16 with AVX2)."""
+    width = extension().panel_width()
+    out, size = matrix.shape
+    padded = matrix.new_zeros(-(-out // width) * width, size)
+    padded[:out] = matrix
+    return padded.reshape(-1, width, size).transpose(1, 2).contiguous()
 
 
-@contextmanager
-def stock_kernels() -> Iterator[None]:
-    """Inside this block FastLinear runs PyTorch's own `F.linear` (to compare both on one model)."""
-    global _enabled
-    saved, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = saved
+def from_panels(panels: torch.Tensor, out: int) -> torch.Tensor:
+    """`to_panels`' inverse: [panels, in, PW] -> [out, in]."""
+    return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:out]
+
+
+def pack(weight: torch.Tensor, quantization: str = "none") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A [out, in] float weight as the kernel reads it: (panels, scale).
+
+    "none": the weight's own dtype in panels, no scale. "int8": int8 panels, scale [panels * PW].
+    "int4": two outputs a byte, each as q + 8 (within each vector of W outputs, byte k holds output k in
+    its low nibble and output k + W / 2 in its high one) [panels, in, PW / 2] uint8, scale
+    [panels, in / 32, PW].
+    """
+    if quantization == "none":
+        return to_panels(weight.detach()), None
+    if quantization == "int8":
+        q, scale = quantize_int8(weight)
+        return to_panels(q), to_panels(scale[:, None]).flatten()
+    q, scale = quantize_int4(weight)
+    lanes = extension().vector_width()
+    values = (to_panels(q) + 8).to(torch.uint8)
+    pairs = values.reshape(*values.shape[:2], -1, 2, lanes // 2)
+    return (pairs[..., 0, :] | pairs[..., 1, :] << 4).flatten(2), to_panels(scale)
+
+
+def unpack(packed: torch.Tensor, scale: torch.Tensor | None, out: int) -> torch.Tensor:
+    """The float32 [out, in] matrix that `pack`'s (packed, scale) stand for."""
+    if packed.dtype == torch.uint8:
+        lanes = extension().vector_width()
+        bytes_ = packed.reshape(*packed.shape[:2], -1, 1, lanes // 2)
+        q = torch.cat([bytes_ & 0x0F, bytes_ >> 4], dim=3).flatten(2).float() - 8.0
+        per_input = scale.repeat_interleave(INT4_GROUP, dim=1)  # [panels, in, PW]
+        return from_panels(q * per_input, out)
+    matrix = from_panels(packed, out).float()
+    return matrix if scale is None else matrix * scale[:out, None]
 
 
 class FastLinear(nn.Module):
-    """Drop-in for nn.Linear: bfloat16 and quantized weights go through `small_rows_linear` for any
-    number of rows, 16 rows a call (each row's result the same bits whatever the rows around it);
-    float32 weights for at most 16 rows, where PyTorch's GEMM is faster beyond.
+    """Drop-in for nn.Linear at inference through `small_rows_linear` (no autograd): each row's result
+    has the same bits whatever the rows around it.
 
-    `quantization` "int8" stores the weight as per-row int8, "int4" as int4 in groups of 32 (int8
-    where in_features is not a multiple of 32): for a draft only, where it changes speed, not output.
+    The weight is stored packed in panels (`pack`), replacing the nn.Linear's (a tied output projection
+    keeps the embedding's matrix besides). `quantization` "int8" stores it as per-row int8, "int4" as
+    int4 in groups of 32 (int8 where in_features is not a multiple of 32): for a draft only, where it
+    changes speed, not output.
     """
 
     def __init__(self, linear: nn.Linear, quantization: str = "none") -> None:
@@ -118,29 +134,18 @@ class FastLinear(nn.Module):
         self.bias = linear.bias
         if quantization == "int4" and self.in_features % INT4_GROUP:
             quantization = "int8"
-        if quantization == "none":
-            self.weight, self.scale = linear.weight, None  # the same Parameter: shared, not copied
-            return
-        q, scale = (quantize_int4 if quantization == "int4" else quantize_int8)(linear.weight)
-        self.register_buffer("weight", q)
+        self.quantization = quantization
+        packed, scale = pack(linear.weight, quantization)
+        self.register_buffer("weight", packed)
         self.register_buffer("scale", scale)
 
-    def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The weight as a [out, in] matrix of `dtype` (dequantized if stored quantized)."""
-        if self.weight.dtype == torch.uint8:
-            return dequantize_int4(self.weight, self.scale).to(dtype)
-        if self.scale is not None:
-            return (self.weight.float() * self.scale[:, None]).to(dtype)
-        return self.weight
+    def dense_weight(self) -> torch.Tensor:
+        """The [out, in] float32 matrix this layer multiplies by (dequantized if stored quantized)."""
+        return unpack(self.weight, self.scale, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        stock_wins = rows > MAX_ROWS and self.weight.dtype == torch.float32  # PyTorch's float32 GEMM (measured)
-        if not _enabled or stock_wins or torch.is_grad_enabled() and self.weight.requires_grad:
-            return F.linear(x, self.dense_weight(x.dtype), self.bias)
-        flat = x.reshape(rows, self.in_features)
-        chunks = [small_rows_linear(chunk, self.weight, self.bias, self.scale) for chunk in flat.split(MAX_ROWS)]
-        y = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        flat = x.reshape(-1, self.in_features)
+        y = small_rows_linear(flat, self.weight, self.out_features, self.bias, self.scale)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -158,7 +163,7 @@ def use_fast_linear(model: nn.Module, quantization: str = "none") -> int:
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child) in (nn.Linear, FastLinear)
+        if type(child) is nn.Linear
         and child.weight.device.type == "cpu"
         and child.weight.dtype in (torch.float32, torch.bfloat16)
         and child.weight.is_contiguous()

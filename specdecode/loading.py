@@ -116,7 +116,8 @@ def check_same_tokenizer(target: PreTrainedTokenizerBase, draft: PreTrainedToken
 
 def logit_width(model: PreTrainedModel) -> int:
     """Number of logits the model produces per position (may exceed the tokenizer's vocabulary)."""
-    return model.get_output_embeddings().weight.shape[0]
+    head = model.get_output_embeddings()
+    return getattr(head, "out_features", None) or head.weight.shape[0]
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

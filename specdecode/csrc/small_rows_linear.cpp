@@ -1,21 +1,32 @@
-// y[n, out] = x[n, in] @ w[out, in]^T (* scale) (+ bias) for a few rows (n <= 16): speculative
-// verification's projections. Each weight row is read once for all n rows (bfloat16, int8 or int4 weights
-// are widened to float32 in registers; int8 rows carry a float32 scale, int4 groups of 32 one each), so
-// checking n tokens costs about one read of the weights, like decoding one token.
-// Row r's result is computed in the same order whatever n is: verifying n tokens gives bit-identical
-// projections to decoding them one at a time.
+// y[n, out] = x[n, in] @ w[out, in]^T (* scale) (+ bias) for a few rows: speculative verification's
+// projections. The weights are packed in panels of PW outputs, [panels, in, PW] (zero-padded past `out`),
+// so that for each input i one contiguous load gives PW weights, widened to float32 in registers
+// (bfloat16, int8; int4 with a float32 scale per group of 32 inputs), and every row's x[r, i] is broadcast
+// against them: each weight is read once for all rows, and the inputs stay in L1, so checking n tokens
+// costs about one read of the weights, like decoding one token.
+// Output o of row r is sum_i x[r, i] * w[o, i], accumulated in i order by one fused multiply-add per i,
+// whatever n and whatever the blocking: verifying n tokens gives bit-identical projections to decoding
+// them one at a time.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 namespace {
 
 #if defined(__AVX512F__)
-constexpr int W = 16;
+constexpr int W = 16;                  // floats a vector
+constexpr int REGISTERS = 32;
+constexpr int PANEL_VECTORS = 3;       // PW = 48 outputs a panel
+constexpr int GROUP = 8;               // rows a register tile
 using vec = __m512;
 inline vec vzero() { return _mm512_setzero_ps(); }
+inline vec vset(float v) { return _mm512_set1_ps(v); }
 inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
 inline vec vload(const uint16_t* p) {  // 16 bfloat16 -> 16 float32
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
@@ -23,12 +34,24 @@ inline vec vload(const int8_t* p) {  // 16 int8 -> 16 float32
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
 }
 inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
+inline vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+inline vec nibbles(const uint8_t* p) {  // 8 bytes -> lanes 0..7 low nibbles, 8..15 high, minus 8
+  const __m128i bytes = _mm_loadl_epi64((const __m128i*)p);
+  const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
+  const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, high));
+  return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
+}
 #else  // AVX2 + FMA
 constexpr int W = 8;
+constexpr int REGISTERS = 16;
+constexpr int PANEL_VECTORS = 2;       // PW = 16
+constexpr int GROUP = 6;
 using vec = __m256;
 inline vec vzero() { return _mm256_setzero_ps(); }
+inline vec vset(float v) { return _mm256_set1_ps(v); }
 inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
 inline vec vload(const uint16_t* p) {  // 8 bfloat16 -> 8 float32
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
@@ -36,134 +59,160 @@ inline vec vload(const int8_t* p) {  // 8 int8 -> 8 float32
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
 }
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline float vsum(vec a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
+inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+inline vec nibbles(const uint8_t* p) {  // 4 bytes -> lanes 0..3 low nibbles, 4..7 high, minus 8
+  int32_t word;
+  std::memcpy(&word, p, 4);
+  const __m128i bytes = _mm_cvtsi32_si128(word);
+  const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
+  const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
+  const __m256i v = _mm256_cvtepu8_epi32(_mm_unpacklo_epi32(low, high));
+  return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8)));
 }
 #endif
 
-inline float scalar(float v) { return v; }
-inline float scalar(int8_t v) { return float(v); }
-inline float scalar(uint16_t v) {
-  uint32_t bits = uint32_t(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+constexpr int PW = PANEL_VECTORS * W;  // outputs a panel
+constexpr int64_t INT4_GROUP = 32;
+constexpr int64_t PREFETCH_INPUTS = 64;  // how far ahead (in inputs) to prefetch a panel's weights
+constexpr int64_t CHUNK_BYTES = 24 << 10;  // a block's weights for one chunk of inputs, kept in L1 (n > GROUP)
 
-// Dense weights [out, in] of T.
+// Dense panels [panels, in, PW] of T.
 template <typename T>
 struct Dense {
   const T* w;
   int64_t in;
-  vec load(int64_t o, int64_t i) const { return vload(w + o * in + i); }
-  float at(int64_t o, int64_t i) const { return scalar(w[o * in + i]); }
+  static constexpr double BYTES_PER_WEIGHT = sizeof(T);
+  const char* address(int64_t p, int64_t i) const { return reinterpret_cast<const char*>(w + (p * in + i) * PW); }
+  vec load(int64_t p, int64_t i, int v) const { return vload(w + (p * in + i) * PW + v * W); }
 };
 
-// 4-bit weights: value = (nibble - 8) * scale of its group of 32 along `in`. Each 16 values of a row take
-// 8 bytes: byte k holds value k in its low nibble and value k + 8 in its high one. `in` is a multiple of 32.
-constexpr int64_t INT4_GROUP = 32;
+// 4-bit panels [panels, in, PW / 2]: per vector of W outputs, W / 2 bytes, byte k holding output k in its
+// low nibble and output k + W / 2 in its high one, as value + 8; scales [panels, in / 32, PW].
 struct Int4 {
-  const uint8_t* q;      // [out, in / 2]
-  const float* scales;   // [out, in / 32]
+  const uint8_t* q;
+  const float* scales;
   int64_t in;
-  float group_scale(int64_t o, int64_t i) const { return scales[o * (in / INT4_GROUP) + i / INT4_GROUP]; }
-  vec load(int64_t o, int64_t i) const {  // i: a multiple of W
-    const __m128i bytes = _mm_loadl_epi64((const __m128i*)(q + o * (in / 2) + i / 16 * 8));
-    const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-#if defined(__AVX512F__)
-    const __m512i v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, high)), _mm512_set1_epi32(8));
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(group_scale(o, i)));
-#else
-    const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(i % 16 ? high : low), _mm256_set1_epi32(8));
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(group_scale(o, i)));
-#endif
-  }
-  float at(int64_t o, int64_t i) const {
-    const uint8_t byte = q[o * (in / 2) + i / 16 * 8 + i % 8];
-    return float(int((i % 16 < 8 ? byte : byte >> 4) & 0x0F) - 8) * group_scale(o, i);
+  static constexpr double BYTES_PER_WEIGHT = 0.5;
+  const char* address(int64_t p, int64_t i) const { return reinterpret_cast<const char*>(q + (p * in + i) * PW / 2); }
+  vec load(int64_t p, int64_t i, int v) const {
+    const float* s = scales + (p * (in / INT4_GROUP) + i / INT4_GROUP) * PW + v * W;
+    return vmul(nibbles(q + (p * in + i) * PW / 2 + v * W / 2), vload(s));
   }
 };
 
-#if defined(__AVX512F__)
-constexpr int REGISTERS = 32;
-#else
-constexpr int REGISTERS = 16;
-#endif
+// Panels a register tile holds for a group of N rows: N * NP * PV accumulators, NP * PV weights, a broadcast.
+template <int N>
+constexpr int panels_per_tile() {
+  const int np = (REGISTERS - 1) / (PANEL_VECTORS * (N + 1));
+  return np < 1 ? 1 : (np > 4 ? 4 : np);
+}
 
-// Outputs o..o+R-1 for all N rows. R weight rows share each load of x: R*N accumulators in registers.
-// Each (output, row) pair sums over `in` in the same order for any N and R.
-template <int N, int R, typename Weights>
-inline void block(const float* x, const Weights& w, const float* scale, const float* bias, float* y, int64_t in,
-                  int64_t out, int64_t o) {
-  const int64_t body = in / W * W;
-  vec acc[R][N];
-  for (int j = 0; j < R; ++j)
-    for (int r = 0; r < N; ++r) acc[j][r] = vzero();
-  for (int64_t i = 0; i < body; i += W) {
-    vec wv[R];
-#pragma GCC unroll 8
-    for (int j = 0; j < R; ++j) wv[j] = w.load(o + j, i);
+// Accumulates inputs [i0, i1) of panels p..p+NP-1 for rows x[0..N) into acc [NP, N, PW] (from zeros if `first`).
+template <int N, int NP, typename Weights>
+inline void tile(const float* x, int64_t in, const Weights& w, int64_t p, int64_t i0, int64_t i1, float* acc_buf,
+                 bool first) {
+  constexpr int PV = PANEL_VECTORS;
+  constexpr int64_t bytes_per_input = int64_t(PW * Weights::BYTES_PER_WEIGHT);
+  vec acc[N][NP][PV];
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < PV; ++v) acc[r][q][v] = first ? vzero() : vload(acc_buf + (q * N + r) * PW + v * W);
+  for (int64_t i = i0; i < i1; ++i) {
+    vec wv[NP][PV];
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; ++q) {
+      const char* ahead = w.address(p + q, i + PREFETCH_INPUTS);
+      for (int64_t b = 0; b < bytes_per_input; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+#pragma GCC unroll 4
+      for (int v = 0; v < PV; ++v) wv[q][v] = w.load(p + q, i, v);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < N; ++r) {
-      const vec xv = vload(x + r * in + i);
-#pragma GCC unroll 8
-      for (int j = 0; j < R; ++j) acc[j][r] = vfma(xv, wv[j], acc[j][r]);
+      const vec xb = vset(x[r * in + i]);
+#pragma GCC unroll 4
+      for (int q = 0; q < NP; ++q)
+#pragma GCC unroll 4
+        for (int v = 0; v < PV; ++v) acc[r][q][v] = vfma(xb, wv[q][v], acc[r][q][v]);
     }
   }
-  for (int j = 0; j < R; ++j) {
-    for (int r = 0; r < N; ++r) {
-      float s = vsum(acc[j][r]);
-      for (int64_t i = body; i < in; ++i) s += x[r * in + i] * w.at(o + j, i);
-      y[r * out + o + j] = (scale ? s * scale[o + j] : s) + (bias ? bias[o + j] : 0.0f);
-    }
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < PV; ++v) vstore(acc_buf + (q * N + r) * PW + v * W, acc[r][q][v]);
+}
+
+// One group of N rows over a block of `np` panels (np is 1 or panels_per_tile<N>()).
+template <int N, typename Weights>
+inline void group(const float* x, int64_t in, const Weights& w, int64_t p, int np, int64_t i0, int64_t i1,
+                  float* acc, bool first) {
+  constexpr int NP = panels_per_tile<N>();
+  if (np == NP) return tile<N, NP>(x, in, w, p, i0, i1, acc, first);
+  for (int q = 0; q < np; ++q) tile<N, 1>(x, in, w, p + q, i0, i1, acc + q * N * PW, first);
+}
+
+template <typename Weights>
+void run_group(int rows, const float* x, int64_t in, const Weights& w, int64_t p, int np, int64_t i0, int64_t i1,
+               float* acc, bool first) {
+  switch (rows) {
+#define CASE(k) case k: return group<k>(x, in, w, p, np, i0, i1, acc, first);
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
   }
 }
 
-template <int N, typename Weights>
-void rows_kernel(const float* x, const Weights& w, const float* scale, const float* bias, float* y, int64_t in,
-                 int64_t out) {
-  constexpr int R0 = (REGISTERS - 2) / (N + 1);
-  constexpr int R = R0 < 1 ? 1 : (R0 > 8 ? 8 : R0);
-  at::parallel_for(0, (out + R - 1) / R, 4, [&](int64_t begin, int64_t end) {
+constexpr int TILE_PANELS[] = {0, panels_per_tile<1>(), panels_per_tile<2>(), panels_per_tile<3>(),
+                               panels_per_tile<4>(), panels_per_tile<5>(), panels_per_tile<6>(),
+                               panels_per_tile<7>(), panels_per_tile<8>()};
+
+template <typename Weights>
+void panels_kernel(int64_t n, const float* x, const Weights& w, const float* scale, const float* bias, float* y,
+                   int64_t in, int64_t out) {
+  const int64_t panels = (out + PW - 1) / PW;
+  const int np = n <= GROUP ? TILE_PANELS[n] : 1;  // panels a parallel block
+  const int64_t chunk = n <= GROUP ? in
+                                   : std::max<int64_t>(INT4_GROUP, int64_t(CHUNK_BYTES / (np * PW * Weights::BYTES_PER_WEIGHT)));
+  at::parallel_for(0, (panels + np - 1) / np, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(n * np * PW);
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t o = b * R;
-      if (o + R <= out) {
-        block<N, R>(x, w, scale, bias, y, in, out, o);
-      } else {
-        for (int64_t k = o; k < out; ++k) block<N, 1>(x, w, scale, bias, y, in, out, k);
+      const int64_t p = b * np;
+      const int block = int(std::min<int64_t>(np, panels - p));
+      for (int64_t i0 = 0; i0 < in; i0 += chunk) {
+        const int64_t i1 = std::min(in, i0 + chunk);
+        for (int64_t r0 = 0; r0 < n; r0 += GROUP) {
+          const int rows = int(std::min<int64_t>(GROUP, n - r0));
+          run_group(rows, x + r0 * in, in, w, p, block, i0, i1, acc.data() + r0 * block * PW, i0 == 0);
+        }
+      }
+      for (int64_t r0 = 0; r0 < n; r0 += GROUP) {  // a group's accumulators: [block, rows, PW]
+        const int rows = int(std::min<int64_t>(GROUP, n - r0));
+        const float* a = acc.data() + r0 * block * PW;
+        for (int q = 0; q < block; ++q)
+          for (int r = 0; r < rows; ++r)
+            for (int64_t k = 0; k < PW && (p + q) * PW + k < out; ++k) {
+              const int64_t o = (p + q) * PW + k;
+              const float s = a[(q * rows + r) * PW + k];
+              y[(r0 + r) * out + o] = (scale ? s * scale[o] : s) + (bias ? bias[o] : 0.0f);
+            }
       }
     }
   });
 }
 
-template <typename Weights>
-void dispatch(int64_t n, const float* x, const Weights& w, const float* scale, const float* b, float* y, int64_t in,
-              int64_t out) {
-  switch (n) {
-#define CASE(k) case k: return rows_kernel<k>(x, w, scale, b, y, in, out);
-    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
-    CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
-#undef CASE
-  }
-  TORCH_CHECK(false, "small_rows_linear takes 1 to 16 rows, got ", n);
-}
-
 }  // namespace
 
-// x: [n, in] (any float dtype); weight: [out, in] float32, bfloat16 or int8, or [out, in / 2] uint8 (int4,
-// packed as `Int4` says), contiguous; scale: float32, [out] for int8 weights, [out, in / 32] for int4;
-// bias: [out] or None. Returns [n, out] in x's dtype.
-torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, c10::optional<torch::Tensor> bias,
+int64_t panel_width() { return PW; }
+int64_t vector_width() { return W; }
+
+// x: [n, in] (any float dtype); weight: panels as `panels_kernel` reads them: [panels, in, PW] float32,
+// bfloat16 or int8, or [panels, in, PW / 2] uint8 (int4); scale: float32 [panels * PW] for int8,
+// [panels, in / 32, PW] for int4; bias: [out] or None. Returns [n, out] in x's dtype.
+torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, int64_t out, c10::optional<torch::Tensor> bias,
                                 c10::optional<torch::Tensor> scale) {
   const bool int4 = weight.scalar_type() == torch::kByte;
-  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1) * (int4 ? 2 : 1),
-              "shapes do not match");
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 3 && x.size(1) == weight.size(1), "shapes do not match");
+  TORCH_CHECK(weight.size(2) * (int4 ? 2 : 1) == PW && weight.size(0) * PW >= out, "weight is not packed in panels of ",
+              PW);
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
-  const int64_t n = x.size(0), in = x.size(1), out = weight.size(0);
+  const int64_t n = x.size(0), in = x.size(1);
   auto xf = x.to(torch::kFloat32).contiguous();
   torch::Tensor bf, sf;
   if (bias.has_value()) bf = bias->to(torch::kFloat32).contiguous();
@@ -175,20 +224,21 @@ torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, c10::opti
   float* yp = y.data_ptr<float>();
   switch (weight.scalar_type()) {
     case torch::kBFloat16:
-      dispatch(n, xp, Dense<uint16_t>{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in}, s,
-               b, yp, in, out);
+      panels_kernel(n, xp, Dense<uint16_t>{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in}, s,
+                    b, yp, in, out);
       break;
     case torch::kFloat32:
-      dispatch(n, xp, Dense<float>{weight.data_ptr<float>(), in}, s, b, yp, in, out);
+      panels_kernel(n, xp, Dense<float>{weight.data_ptr<float>(), in}, s, b, yp, in, out);
       break;
     case torch::kChar:
-      TORCH_CHECK(s != nullptr && sf.numel() == out, "int8 weights need a scale per output");
-      dispatch(n, xp, Dense<int8_t>{weight.data_ptr<int8_t>(), in}, s, b, yp, in, out);
+      TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW, "int8 weights need a scale per output");
+      panels_kernel(n, xp, Dense<int8_t>{weight.data_ptr<int8_t>(), in}, s, b, yp, in, out);
       break;
     case torch::kByte:
       TORCH_CHECK(in % INT4_GROUP == 0, "int4 weights need in_features divisible by ", INT4_GROUP);
-      TORCH_CHECK(s != nullptr && sf.numel() == out * (in / INT4_GROUP), "int4 weights need a scale per group");
-      dispatch(n, xp, Int4{weight.data_ptr<uint8_t>(), s, in}, nullptr, b, yp, in, out);
+      TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW * (in / INT4_GROUP),
+                  "int4 weights need a scale per group");
+      panels_kernel(n, xp, Int4{weight.data_ptr<uint8_t>(), s, in}, nullptr, b, yp, in, out);
       break;
     default:
       TORCH_CHECK(false, "weight must be float32, bfloat16, int8 or packed int4 (uint8)");
@@ -196,4 +246,8 @@ torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, c10::opti
   return y.to(x.scalar_type());
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("small_rows_linear", &small_rows_linear); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("small_rows_linear", &small_rows_linear);
+  m.def("panel_width", &panel_width);
+  m.def("vector_width", &vector_width);
+}
