@@ -14,36 +14,16 @@ The packed weights replace the layer's own (no copy; a tied output projection ke
 from __future__ import annotations
 
 import logging
-from functools import cache
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from specdecode import row_attention
+from specdecode.kernels import extension
 
 log = logging.getLogger(__name__)
 INT4_GROUP = 32  # int4 weights: one scale per this many inputs (as in csrc)
 QUANTIZATIONS = ("none", "int8", "int4")
-SOURCE = Path(__file__).parent / "csrc" / "small_rows_linear.cpp"
-
-
-@cache
-def extension():
-    """The compiled kernel module (built once per machine, cached by torch), or None if it cannot be built."""
-    from torch.utils.cpp_extension import load
-
-    try:
-        return load(
-            name="specdecode_small_rows_linear",
-            sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as err:  # no compiler, no AVX2: stock kernels still give exact results
-        log.warning("fast verification kernel unavailable (%s); using stock PyTorch kernels", err)
-        return None
 
 
 def small_rows_linear(

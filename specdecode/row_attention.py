@@ -20,6 +20,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
+from specdecode.kernels import extension
+
 NAME = "specdecode_rows"
 
 
@@ -29,26 +31,6 @@ def supports(model: nn.Module) -> bool:
     config = model.config.get_text_config(decoder=True)
     sinks = any(hasattr(module, "sinks") for module in model.modules())
     return getattr(config, "attn_logit_softcapping", None) is None and not sinks
-
-
-def visible_keys(mask: torch.Tensor | None, batch: int, queries: int, keys: int) -> list[list[slice | torch.Tensor]]:
-    """For each row b and query i, the keys it sees: a slice when they are a prefix, else indices.
-
-    mask: [B, 1, n, S] additive (0 where a query may look, a large negative value elsewhere) or
-    None (causal, the n queries being the last n of S positions).
-    """
-    if mask is None:
-        return [[slice(0, keys - queries + i + 1) for i in range(queries)] for _ in range(batch)]
-    see = mask[:, 0] > torch.finfo(mask.dtype).min / 2  # [B, n, S]
-    counts = see.sum(-1).tolist()
-    prefix = (see.cumsum(-1) == torch.arange(1, keys + 1, device=see.device)).sum(-1).tolist()
-    return [
-        [
-            slice(0, counts[b][i]) if prefix[b][i] == counts[b][i] else see[b, i].nonzero().squeeze(1)
-            for i in range(queries)
-        ]
-        for b in range(batch)
-    ]
 
 
 def row_attention(
@@ -61,27 +43,23 @@ def row_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """query [B, H, n, d], key/value [B, Hkv, S, d] -> ([B, n, H, d], None), one query at a time."""
+    """query [B, H, n, d], key/value [B, Hkv, S, d] -> ([B, n, H, d], None), each query on its own.
+
+    attention_mask: [B, 1, n, S] additive (0 where a query may look, a large negative value elsewhere)
+    or None (causal, the n queries being the last n of S positions). The work is done by the compiled
+    `row_attention` (specdecode/csrc/row_attention.cpp), in float32: products of bfloat16 numbers are
+    exact in it.
+    """
     if kwargs.get("s_aux") is not None or kwargs.get("softcap") is not None or dropout and module.training:
         raise NotImplementedError(
             f"{type(module).__name__} uses attention sinks, soft-capping or dropout, which the row-exact "
             "attention does not implement; load the model with kernels='stock'"
         )
-    batch, heads, n, dim = query.shape
-    kv_heads = key.shape[1]
-    # float32 throughout: products of bfloat16 numbers are exact in it, and its matrix code is the fast one here
-    queries = query.transpose(1, 2).float().contiguous().view(batch, n, kv_heads, heads // kv_heads, dim)
-    keys_t, values = key.float().transpose(2, 3), value.float()  # [B, Hkv, d, S], [B, Hkv, S, d]
-    out = torch.empty(batch, n, kv_heads, heads // kv_heads, dim, device=query.device)
-    for b, rows in enumerate(visible_keys(attention_mask, batch, n, key.shape[2])):
-        for i, seen in enumerate(rows):
-            if isinstance(seen, slice):
-                k_t, v = keys_t[b, :, :, seen], values[b, :, seen]
-            else:
-                k_t, v = keys_t[b].index_select(2, seen), values[b].index_select(1, seen)
-            weights = torch.softmax(torch.matmul(queries[b, i], k_t).mul_(scaling), dim=-1)  # [Hkv, groups, L]
-            torch.matmul(weights, v, out=out[b, i])
-    return out.view(batch, n, heads, dim).to(query.dtype), None
+    see = None if attention_mask is None else attention_mask[:, 0] > torch.finfo(attention_mask.dtype).min / 2
+    out = extension().row_attention(
+        query.transpose(1, 2).float().contiguous(), key.float().contiguous(), value.float().contiguous(), see, scaling
+    )
+    return out.to(query.dtype), None
 
 
 AttentionInterface.register(NAME, row_attention)

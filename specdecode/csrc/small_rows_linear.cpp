@@ -9,67 +9,13 @@
 // them one at a time.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
 #include <vector>
 
-namespace {
+#include "simd.h"
 
-#if defined(__AVX512F__)
-constexpr int W = 16;                  // floats a vector
-constexpr int REGISTERS = 32;
-constexpr int PANEL_VECTORS = 3;       // PW = 48 outputs a panel
-constexpr int GROUP = 8;               // rows a register tile
-using vec = __m512;
-inline vec vzero() { return _mm512_setzero_ps(); }
-inline vec vset(float v) { return _mm512_set1_ps(v); }
-inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
-inline vec vload(const uint16_t* p) {  // 16 bfloat16 -> 16 float32
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
-inline vec vload(const int8_t* p) {  // 16 int8 -> 16 float32
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
-}
-inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
-inline vec nibbles(const uint8_t* p) {  // 8 bytes -> lanes 0..7 low nibbles, 8..15 high, minus 8
-  const __m128i bytes = _mm_loadl_epi64((const __m128i*)p);
-  const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
-  const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-  const __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, high));
-  return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
-}
-#else  // AVX2 + FMA
-constexpr int W = 8;
-constexpr int REGISTERS = 16;
-constexpr int PANEL_VECTORS = 2;       // PW = 16
-constexpr int GROUP = 6;
-using vec = __m256;
-inline vec vzero() { return _mm256_setzero_ps(); }
-inline vec vset(float v) { return _mm256_set1_ps(v); }
-inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
-inline vec vload(const uint16_t* p) {  // 8 bfloat16 -> 8 float32
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-inline vec vload(const int8_t* p) {  // 8 int8 -> 8 float32
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
-}
-inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
-inline vec nibbles(const uint8_t* p) {  // 4 bytes -> lanes 0..3 low nibbles, 4..7 high, minus 8
-  int32_t word;
-  std::memcpy(&word, p, 4);
-  const __m128i bytes = _mm_cvtsi32_si128(word);
-  const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
-  const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-  const __m256i v = _mm256_cvtepu8_epi32(_mm_unpacklo_epi32(low, high));
-  return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8)));
-}
-#endif
+namespace {
+using namespace specdecode;
 
 constexpr int PW = PANEL_VECTORS * W;  // outputs a panel
 constexpr int64_t INT4_GROUP = 32;
@@ -244,10 +190,4 @@ torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, int64_t o
       TORCH_CHECK(false, "weight must be float32, bfloat16, int8 or packed int4 (uint8)");
   }
   return y.to(x.scalar_type());
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("small_rows_linear", &small_rows_linear);
-  m.def("panel_width", &panel_width);
-  m.def("vector_width", &vector_width);
 }
