@@ -111,7 +111,8 @@ class FastLinear(nn.Module):
     def __init__(self, linear: nn.Linear, quantization: str = "none") -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = linear.bias
+        bias = None if linear.bias is None else linear.bias.detach().float()  # float32, as the kernel adds it
+        self.register_buffer("bias", bias)
         if quantization == "int4" and self.in_features % INT4_GROUP:
             quantization = "int8"
         self.quantization = quantization

@@ -70,7 +70,9 @@ def test_module_swap():
         out = bf16(rows)
         for b, i in ((0, 0), (0, 17), (1, 19)):
             assert torch.equal(out[b, i], bf16(rows[b, i : i + 1])[0])  # each row as if alone
-        torch.testing.assert_close(out, F.linear(rows, bf16.dense_weight().bfloat16(), bf16.bias), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(
+            out, F.linear(rows, bf16.dense_weight().bfloat16(), bf16.bias.bfloat16()), rtol=2e-2, atol=2e-2
+        )
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -109,8 +109,8 @@ constexpr int TILE_PANELS[] = {0, panels_per_tile<1>(), panels_per_tile<2>(), pa
                                panels_per_tile<4>(), panels_per_tile<5>(), panels_per_tile<6>(),
                                panels_per_tile<7>(), panels_per_tile<8>()};
 
-template <typename Weights>
-void panels_kernel(int64_t n, const float* x, const Weights& w, const float* scale, const float* bias, float* y,
+template <typename Weights, typename Y>
+void panels_kernel(int64_t n, const float* x, const Weights& w, const float* scale, const float* bias, Y* y,
                    int64_t in, int64_t out) {
   const int64_t panels = (out + PW - 1) / PW;
   const int np = n <= GROUP ? TILE_PANELS[n] : 1;  // panels a parallel block
@@ -136,7 +136,7 @@ void panels_kernel(int64_t n, const float* x, const Weights& w, const float* sca
             for (int64_t k = 0; k < PW && (p + q) * PW + k < out; ++k) {
               const int64_t o = (p + q) * PW + k;
               const float s = a[(q * rows + r) * PW + k];
-              y[(r0 + r) * out + o] = (scale ? s * scale[o] : s) + (bias ? bias[o] : 0.0f);
+              y[(r0 + r) * out + o] = Y((scale ? s * scale[o] : s) + (bias ? bias[o] : 0.0f));
             }
       }
     }
@@ -161,33 +161,41 @@ torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, int64_t o
   const int64_t n = x.size(0), in = x.size(1);
   auto xf = x.to(torch::kFloat32).contiguous();
   torch::Tensor bf, sf;
-  if (bias.has_value()) bf = bias->to(torch::kFloat32).contiguous();
+  if (bias.has_value()) bf = bias->to(torch::kFloat32).contiguous();  // FastLinear keeps it float32: no copy
   if (scale.has_value()) sf = scale->to(torch::kFloat32).contiguous();
   const float* b = bias.has_value() ? bf.data_ptr<float>() : nullptr;
   const float* s = scale.has_value() ? sf.data_ptr<float>() : nullptr;
-  auto y = torch::empty({n, out}, xf.options());
+  // the result in x's dtype straight from the kernel when it is bfloat16 (rounded as Tensor.to rounds)
+  auto y = torch::empty({n, out}, x.options().dtype(x.scalar_type() == torch::kBFloat16 ? torch::kBFloat16
+                                                                                          : torch::kFloat32));
   const float* xp = xf.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  switch (weight.scalar_type()) {
-    case torch::kBFloat16:
-      panels_kernel(n, xp, Dense<uint16_t>{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in}, s,
-                    b, yp, in, out);
-      break;
-    case torch::kFloat32:
-      panels_kernel(n, xp, Dense<float>{weight.data_ptr<float>(), in}, s, b, yp, in, out);
-      break;
-    case torch::kChar:
-      TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW, "int8 weights need a scale per output");
-      panels_kernel(n, xp, Dense<int8_t>{weight.data_ptr<int8_t>(), in}, s, b, yp, in, out);
-      break;
-    case torch::kByte:
-      TORCH_CHECK(in % INT4_GROUP == 0, "int4 weights need in_features divisible by ", INT4_GROUP);
-      TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW * (in / INT4_GROUP),
-                  "int4 weights need a scale per group");
-      panels_kernel(n, xp, Int4{weight.data_ptr<uint8_t>(), s, in}, nullptr, b, yp, in, out);
-      break;
-    default:
-      TORCH_CHECK(false, "weight must be float32, bfloat16, int8 or packed int4 (uint8)");
+  auto run = [&](auto* yp) {
+    switch (weight.scalar_type()) {
+      case torch::kBFloat16:
+        panels_kernel(n, xp, Dense<uint16_t>{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in},
+                      s, b, yp, in, out);
+        break;
+      case torch::kFloat32:
+        panels_kernel(n, xp, Dense<float>{weight.data_ptr<float>(), in}, s, b, yp, in, out);
+        break;
+      case torch::kChar:
+        TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW, "int8 weights need a scale per output");
+        panels_kernel(n, xp, Dense<int8_t>{weight.data_ptr<int8_t>(), in}, s, b, yp, in, out);
+        break;
+      case torch::kByte:
+        TORCH_CHECK(in % INT4_GROUP == 0, "int4 weights need in_features divisible by ", INT4_GROUP);
+        TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW * (in / INT4_GROUP),
+                    "int4 weights need a scale per group");
+        panels_kernel(n, xp, Int4{weight.data_ptr<uint8_t>(), s, in}, nullptr, b, yp, in, out);
+        break;
+      default:
+        TORCH_CHECK(false, "weight must be float32, bfloat16, int8 or packed int4 (uint8)");
+    }
+  };
+  if (y.scalar_type() == torch::kBFloat16) {
+    run(y.data_ptr<at::BFloat16>());
+  } else {
+    run(y.data_ptr<float>());
   }
   return y.to(x.scalar_type());
 }
