@@ -23,7 +23,7 @@ from specdecode.kv import CachedModel
 from specdecode.loading import load_model, load_tokenizer
 from specdecode.policy import measure_pass_costs
 
-SIZES = [1, 2, 3, 4, 5, 8, 9, 16, 200]  # 200: a prompt's pass (time to first token)
+SIZES = [1, 2, 3, 4, 5, 8, 9, 16]
 
 
 def curve(path: str, dtype: str, context: list[int], vocab: int, sizes: list[int], repeat: int) -> dict:
