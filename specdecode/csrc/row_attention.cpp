@@ -3,7 +3,7 @@
 // `see[b, i, j]` marks, or, without a mask, the first S - n + i + 1 (causal, the n queries being the last n of
 // S positions). Its result depends on its query, those keys and their values only, computed in one fixed order
 // of operations, so a prompt pass, a verify pass, a tree pass and a one-token step give the same bits.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <vector>
@@ -57,23 +57,23 @@ void attend(const float* q, const float* keys, const float* values, const std::v
 
 // query [B, n, H, d], key/value [B, Hkv, S, d] (float32, contiguous);
 // see: [B, n, S] bool or None (causal). Returns [B, n, H, d] float32.
-torch::Tensor row_attention(torch::Tensor query, torch::Tensor key, torch::Tensor value, c10::optional<torch::Tensor> see,
+at::Tensor row_attention(at::Tensor query, at::Tensor key, at::Tensor value, c10::optional<at::Tensor> see,
                             double scaling) {
-  TORCH_CHECK(query.scalar_type() == torch::kFloat32 && key.scalar_type() == torch::kFloat32 &&
-                  value.scalar_type() == torch::kFloat32, "row_attention takes float32");
+  TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat &&
+                  value.scalar_type() == at::kFloat, "row_attention takes float32");
   TORCH_CHECK(query.is_contiguous() && key.is_contiguous() && value.is_contiguous(), "inputs must be contiguous");
   const int64_t batch = query.size(0), n = query.size(1), heads = query.size(2), d = query.size(3);
   const int64_t kv_heads = key.size(1), keys = key.size(2), group = heads / kv_heads;
   TORCH_CHECK(key.sizes() == value.sizes() && key.size(0) == batch && key.size(3) == d && heads % kv_heads == 0,
               "shapes do not match");
-  torch::Tensor mask;
+  at::Tensor mask;
   if (see.has_value()) {
-    mask = see->to(torch::kBool).contiguous();
+    mask = see->to(at::kBool).contiguous();
     TORCH_CHECK(mask.dim() == 3 && mask.size(0) == batch && mask.size(1) == n && mask.size(2) == keys,
                 "mask must be [B, n, S]");
   }
   const bool* m = see.has_value() ? mask.data_ptr<bool>() : nullptr;
-  auto out = torch::empty_like(query);
+  auto out = at::empty_like(query);
   const float *qp = query.data_ptr<float>(), *kp = key.data_ptr<float>(), *vp = value.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, batch * n * kv_heads, 1, [&](int64_t begin, int64_t end) {

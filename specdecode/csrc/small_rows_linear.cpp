@@ -7,7 +7,7 @@
 // Output o of row r is sum_i x[r, i] * w[o, i], accumulated in i order by one fused multiply-add per i,
 // whatever n and whatever the blocking: verifying n tokens gives bit-identical projections to decoding
 // them one at a time.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <vector>
@@ -151,38 +151,38 @@ int64_t vector_width() { return W; }
 // x: [n, in] (any float dtype); weight: panels as `panels_kernel` reads them: [panels, in, PW] float32,
 // bfloat16 or int8, or [panels, in, PW / 2] uint8 (int4); scale: float32 [panels * PW] for int8,
 // [panels, in / 32, PW] for int4; bias: [out] or None. Returns [n, out] in x's dtype.
-torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, int64_t out, c10::optional<torch::Tensor> bias,
-                                c10::optional<torch::Tensor> scale) {
-  const bool int4 = weight.scalar_type() == torch::kByte;
+at::Tensor small_rows_linear(at::Tensor x, at::Tensor weight, int64_t out, c10::optional<at::Tensor> bias,
+                                c10::optional<at::Tensor> scale) {
+  const bool int4 = weight.scalar_type() == at::kByte;
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 3 && x.size(1) == weight.size(1), "shapes do not match");
   TORCH_CHECK(weight.size(2) * (int4 ? 2 : 1) == PW && weight.size(0) * PW >= out, "weight is not packed in panels of ",
               PW);
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
   const int64_t n = x.size(0), in = x.size(1);
-  auto xf = x.to(torch::kFloat32).contiguous();
-  torch::Tensor bf, sf;
-  if (bias.has_value()) bf = bias->to(torch::kFloat32).contiguous();  // FastLinear keeps it float32: no copy
-  if (scale.has_value()) sf = scale->to(torch::kFloat32).contiguous();
+  auto xf = x.to(at::kFloat).contiguous();
+  at::Tensor bf, sf;
+  if (bias.has_value()) bf = bias->to(at::kFloat).contiguous();  // FastLinear keeps it float32: no copy
+  if (scale.has_value()) sf = scale->to(at::kFloat).contiguous();
   const float* b = bias.has_value() ? bf.data_ptr<float>() : nullptr;
   const float* s = scale.has_value() ? sf.data_ptr<float>() : nullptr;
   // the result in x's dtype straight from the kernel when it is bfloat16 (rounded as Tensor.to rounds)
-  auto y = torch::empty({n, out}, x.options().dtype(x.scalar_type() == torch::kBFloat16 ? torch::kBFloat16
-                                                                                          : torch::kFloat32));
+  auto y = at::empty({n, out}, x.options().dtype(x.scalar_type() == at::kBFloat16 ? at::kBFloat16
+                                                                                          : at::kFloat));
   const float* xp = xf.data_ptr<float>();
   auto run = [&](auto* yp) {
     switch (weight.scalar_type()) {
-      case torch::kBFloat16:
+      case at::kBFloat16:
         panels_kernel(n, xp, Dense<uint16_t>{reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in},
                       s, b, yp, in, out);
         break;
-      case torch::kFloat32:
+      case at::kFloat:
         panels_kernel(n, xp, Dense<float>{weight.data_ptr<float>(), in}, s, b, yp, in, out);
         break;
-      case torch::kChar:
+      case at::kChar:
         TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW, "int8 weights need a scale per output");
         panels_kernel(n, xp, Dense<int8_t>{weight.data_ptr<int8_t>(), in}, s, b, yp, in, out);
         break;
-      case torch::kByte:
+      case at::kByte:
         TORCH_CHECK(in % INT4_GROUP == 0, "int4 weights need in_features divisible by ", INT4_GROUP);
         TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW * (in / INT4_GROUP),
                     "int4 weights need a scale per group");
@@ -192,7 +192,7 @@ torch::Tensor small_rows_linear(torch::Tensor x, torch::Tensor weight, int64_t o
         TORCH_CHECK(false, "weight must be float32, bfloat16, int8 or packed int4 (uint8)");
     }
   };
-  if (y.scalar_type() == torch::kBFloat16) {
+  if (y.scalar_type() == at::kBFloat16) {
     run(y.data_ptr<at::BFloat16>());
   } else {
     run(y.data_ptr<float>());
