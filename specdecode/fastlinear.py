@@ -115,7 +115,6 @@ class FastLinear(nn.Module):
         self.register_buffer("bias", bias)
         if quantization == "int4" and self.in_features % INT4_GROUP:
             quantization = "int8"
-        self.quantization = quantization
         packed, scale = pack(linear.weight, quantization)
         self.register_buffer("weight", packed)
         self.register_buffer("scale", scale)
