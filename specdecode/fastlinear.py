@@ -8,7 +8,8 @@ float32 in registers and multiplied by each row's input, so each weight is read 
 and the inputs stay in L1. `use_fast_linear(model)` routes every projection through it, for any
 number of rows (measured against PyTorch on the 1.5B model's shapes, 2 threads: bfloat16 3-4x
 faster from 8 rows on; float32 as fast up to 64 rows, 15-30% slower for a 200-token prefill).
-The packed weights replace the layer's own (no copy; a tied output projection keeps the embedding).
+The packed weights replace the layer's own (a tied output projection keeps the embedding too); the
+parameters left (embeddings, norms) are copied out of the checkpoint's memory map (`_release_checkpoint`).
 """
 
 from __future__ import annotations

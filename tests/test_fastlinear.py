@@ -294,3 +294,22 @@ def test_row_attention_computes_attention(dim):
     ref = F.scaled_dot_product_attention(query, wide_k, wide_v, attn_mask=see, scale=scaling)
     ref[0, :, 2] = 0.0
     torch.testing.assert_close(holes, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_the_remaining_parameters_leave_the_checkpoint_memory_and_keep_their_ties():
+    """After packing, no parameter points into the memory it was loaded in (a checkpoint's memory map),
+    values are unchanged, and parameters that shared memory still share it."""
+    tokenizer = make_tokenizer()
+    model = make_model("llama", len(tokenizer), 0, dtype=torch.float32)
+    embed = model.model.embed_tokens.weight
+    model.model.layers[1].input_layernorm.weight = model.model.layers[0].input_layernorm.weight  # tied
+    norm0, norm1 = model.model.layers[0].input_layernorm, model.model.layers[1].input_layernorm
+    before = {name: (p.data_ptr(), p.detach().clone()) for name, p in model.named_parameters(remove_duplicate=False)}
+    assert use_fast_linear(model) > 0
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after and all(name in before for name in after)
+    for name, param in after.items():
+        assert param.data_ptr() != before[name][0], name
+        assert torch.equal(param, before[name][1]), name
+    assert norm0.weight.data_ptr() == norm1.weight.data_ptr()
+    assert model.model.embed_tokens.weight is embed  # the same Parameter object, new memory

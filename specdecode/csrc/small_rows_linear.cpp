@@ -95,11 +95,15 @@ inline void group(const float* x, int64_t in, const Weights& w, int64_t p, int n
   for (int q = 0; q < np; ++q) tile<N, 1>(x, in, w, p + q, i0, i1, acc + q * N * PW, first);
 }
 
+// rows: 1..GROUP (no tile is built past GROUP: its accumulators would not fit the registers).
 template <typename Weights>
 void run_group(int rows, const float* x, int64_t in, const Weights& w, int64_t p, int np, int64_t i0, int64_t i1,
                float* acc, bool first) {
   switch (rows) {
-#define CASE(k) case k: return group<k>(x, in, w, p, np, i0, i1, acc, first);
+#define CASE(k) \
+  case k:        \
+    if constexpr (k <= GROUP) return group<k>(x, in, w, p, np, i0, i1, acc, first); \
+    break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
   }
@@ -114,8 +118,7 @@ void panels_kernel(int64_t n, const float* x, const Weights& w, const float* sca
                    int64_t in, int64_t out) {
   const int64_t panels = (out + PW - 1) / PW;
   const int np = n <= GROUP ? TILE_PANELS[n] : 1;  // panels a parallel block
-  const int64_t chunk = n <= GROUP ? in
-                                   : std::max<int64_t>(INT4_GROUP, int64_t(CHUNK_BYTES / (np * PW * Weights::BYTES_PER_WEIGHT)));
+  const int64_t chunk = n <= GROUP ? in : int64_t(CHUNK_BYTES / (np * PW * Weights::BYTES_PER_WEIGHT));
   at::parallel_for(0, (panels + np - 1) / np, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(n * np * PW);
     for (int64_t b = begin; b < end; ++b) {
