@@ -25,7 +25,15 @@ inline vec vload(const int8_t* p) {  // 16 int8 -> 16 float32
 }
 inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+inline vec vsub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+inline vec vdiv(vec a, vec b) { return _mm512_div_ps(a, b); }
+inline vec vmax(vec a, vec b) { return _mm512_max_ps(a, b); }
+inline vec vround(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vec vpow2(vec n) { return _mm512_scalef_ps(vset(1.0f), n); }  // 2^n for integral n
 inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
+inline float vmaximum(vec a) { return _mm512_reduce_max_ps(a); }
+inline float vfirst(vec a) { return _mm512_cvtss_f32(a); }
 inline vec nibbles(const uint8_t* p) {  // 8 bytes -> lanes 0..7 low nibbles, 8..15 high, minus 8
   const __m128i bytes = _mm_loadl_epi64((const __m128i*)p);
   const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
@@ -51,6 +59,20 @@ inline vec vload(const int8_t* p) {  // 8 int8 -> 8 float32
 }
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+inline vec vsub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+inline vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
+inline vec vmax(vec a, vec b) { return _mm256_max_ps(a, b); }
+inline vec vround(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vec vpow2(vec n) {  // 2^n for integral n in [-126, 127]
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+inline float vfirst(vec a) { return _mm256_cvtss_f32(a); }
+inline float vmaximum(vec a) {  // max is exact: any order gives the same
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
 inline float vsum(vec a) {  // lanes summed in a fixed order
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -67,5 +89,22 @@ inline vec nibbles(const uint8_t* p) {  // 4 bytes -> lanes 0..3 low nibbles, 4.
   return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8)));
 }
 #endif
+
+// e^x lane by lane for x <= 0 (softmax terms; below -87 it returns 0 or a subnormal-free tiny value):
+// 2^k * e^r with k = round(x / ln 2), |r| <= ln 2 / 2, e^r by a degree-6 polynomial (about 1 ulp).
+inline vec vexp(vec x) {
+  x = vmax(x, vset(-87.0f));
+  const vec k = vround(vmul(x, vset(1.44269504f)));
+  vec r = vfma(k, vset(-0.693359375f), x);
+  r = vfma(k, vset(2.12194440e-4f), r);
+  vec p = vset(1.9875691500e-4f);
+  p = vfma(p, r, vset(1.3981999507e-3f));
+  p = vfma(p, r, vset(8.3334519073e-3f));
+  p = vfma(p, r, vset(4.1665795894e-2f));
+  p = vfma(p, r, vset(1.6666665459e-1f));
+  p = vfma(p, r, vset(5.0000001201e-1f));
+  p = vfma(p, vmul(r, r), vadd(r, vset(1.0f)));
+  return vmul(p, vpow2(k));
+}
 
 }  // namespace specdecode
