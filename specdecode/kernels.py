@@ -10,7 +10,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 SOURCES = [
-    Path(__file__).parent / "csrc" / name for name in ("small_rows_linear.cpp", "row_attention.cpp", "bindings.cpp")
+    Path(__file__).parent / "csrc" / name
+    for name in ("small_rows_linear.cpp", "row_attention.cpp", "decoder.cpp", "bindings.cpp")
 ]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from specdecode.compiled_decoder import FACTORY
 from specdecode.pass_costs import PassCosts, device_pace
 
 TIMED_PASS_MAX = 64  # passes over at most this many new tokens are timed per size (prefills are not)
@@ -26,11 +27,16 @@ TIMED_PASS_MAX = 64  # passes over at most this many new tokens are timed per si
 class CachedModel:
     """Runs a causal LM over new tokens only; `forward_s` accumulates time in its passes,
     `pass_time(n)` is the median of the last few passes over n new tokens (a measurement) and
-    `pass_cost(n)` their drift-aware estimate now (for the `auto` policy; `specdecode.pass_costs`)."""
+    `pass_cost(n)` their drift-aware estimate now (for the `auto` policy; `specdecode.pass_costs`).
+
+    A model given a compiled decoder (`specdecode.compiled_decoder.attach`, drafts) runs through it,
+    with the decoder's own cache, instead of its modules."""
 
     def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
         self.model = model
         self.vocab_size = vocab_size  # logits beyond it (padding rows) are dropped
+        make_decoder = getattr(model, FACTORY, None)
+        self.decoder = make_decoder() if make_decoder is not None else None
         self.cache = DynamicCache(config=model.config)
         self.ids: list[int] = []
         self.tree_start: int | None = None  # cache positions from here on are tree nodes
@@ -49,7 +55,9 @@ class CachedModel:
 
     def rollback(self, length: int) -> None:
         """Forget every cached position from `length` on."""
-        if length == 0:
+        if self.decoder is not None:
+            self.decoder.crop(length)
+        elif length == 0:
             self.cache = DynamicCache(config=self.model.config)
         elif length < len(self.ids):
             self.cache.crop(length - len(self.ids))  # transformers 5: a negative count removes
@@ -66,10 +74,14 @@ class CachedModel:
             raise RuntimeError("keep_path needs a token tree in the cache")
         positions = [start + i for i in path]
         index = torch.tensor(positions, dtype=torch.long, device=self.device)
-        for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, index)], dim=-2)
-                layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, index)], dim=-2)
+        if self.decoder is not None:
+            self.decoder.keep(start, index)
+        else:
+            for layer in self.cache.layers:
+                if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                    keys, values = layer.keys, layer.values
+                    layer.keys = torch.cat([keys[..., :start, :], keys.index_select(-2, index)], dim=-2)
+                    layer.values = torch.cat([values[..., :start, :], values.index_select(-2, index)], dim=-2)
         self.ids = self.ids[:start] + [self.ids[p] for p in positions]
         self.tree_start, self._tree = None, {}
 
@@ -96,9 +108,13 @@ class CachedModel:
         if parents is None and self.tree_start is not None:
             raise RuntimeError("keep_path or roll back the token tree before appending a sequence")
         tree = {} if parents is None else self._tree_inputs(len(new_ids) - len(parents), parents)
-        out = self.model(
-            input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits, **tree
-        )
+        if self.decoder is not None:
+            logits = self._compiled_forward(input_ids[0], num_logits, tree)
+        else:
+            out = self.model(
+                input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits, **tree
+            )
+            logits = out.logits[0, -num_logits:]
         self.ids.extend(int(t) for t in new_ids)
         seconds = time.perf_counter() - start
         self.passes += 1
@@ -106,7 +122,16 @@ class CachedModel:
         if len(new_ids) <= TIMED_PASS_MAX:
             self._pass_times.setdefault(len(new_ids), deque(maxlen=5)).append(seconds)
             self._costs.observe(len(new_ids), seconds)
-        return out.logits[0, -num_logits:, : self.vocab_size]
+        return logits[:, : self.vocab_size]
+
+    def _compiled_forward(self, ids: torch.Tensor, num_logits: int, tree: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The compiled decoder's pass over ids [n] -> logits [num_logits, V] (float32)."""
+        if tree:
+            see = tree["attention_mask"][0, 0] == 0
+            positions = tree["position_ids"][0]
+        else:
+            see, positions = None, torch.arange(len(self.ids), len(self.ids) + len(ids))
+        return self.decoder.forward(ids, positions, see, num_logits)
 
     def _tree_inputs(self, num_linear: int, parents: Sequence[int]) -> dict[str, torch.Tensor]:
         """Attention mask [1, 1, n, L + n] (0 where a query may look, the dtype's minimum elsewhere)

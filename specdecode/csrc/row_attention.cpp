@@ -118,6 +118,32 @@ void attend(const float* q, const float* keys, const float* values, const std::v
 
 }  // namespace
 
+// Attention of n queries [n, H, d] of one sequence against `keys` cached keys/values: kv head g's key j at
+// keys + g * kv_stride + j * d (float32). Query i sees the keys that see[i * keys + j] marks, or without
+// a mask the first keys - n + i + 1. Writes out [n, H, d].
+void attend_rows(const float* query, const float* key, const float* value, int64_t kv_stride, int64_t n,
+                 int64_t heads, int64_t kv_heads, int64_t d, int64_t keys, const bool* see, float scaling, float* out) {
+  const int64_t group = heads / kv_heads;
+  at::parallel_for(0, n * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> seen;
+    std::vector<float> p;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task / kv_heads, g = task % kv_heads;
+      seen.clear();
+      if (see) {
+        const bool* row = see + i * keys;
+        for (int64_t j = 0; j < keys; ++j)
+          if (row[j]) seen.push_back(j);
+      } else {
+        for (int64_t j = 0; j < keys - n + i + 1; ++j) seen.push_back(j);
+      }
+      const int64_t head0 = i * heads + g * group;
+      attend(query + head0 * d, key + g * kv_stride, value + g * kv_stride, seen, group, d, scaling,
+             out + head0 * d, p);
+    }
+  });
+}
+
 // query [B, n, H, d], key/value [B, Hkv, S, d] (float32, contiguous);
 // see: [B, n, S] bool or None (causal). Returns [B, n, H, d] float32.
 at::Tensor row_attention(at::Tensor query, at::Tensor key, at::Tensor value, c10::optional<at::Tensor> see,
@@ -126,7 +152,7 @@ at::Tensor row_attention(at::Tensor query, at::Tensor key, at::Tensor value, c10
                   value.scalar_type() == at::kFloat, "row_attention takes float32");
   TORCH_CHECK(query.is_contiguous() && key.is_contiguous() && value.is_contiguous(), "inputs must be contiguous");
   const int64_t batch = query.size(0), n = query.size(1), heads = query.size(2), d = query.size(3);
-  const int64_t kv_heads = key.size(1), keys = key.size(2), group = heads / kv_heads;
+  const int64_t kv_heads = key.size(1), keys = key.size(2);
   TORCH_CHECK(key.sizes() == value.sizes() && key.size(0) == batch && key.size(3) == d && heads % kv_heads == 0,
               "shapes do not match");
   at::Tensor mask;
@@ -135,27 +161,12 @@ at::Tensor row_attention(at::Tensor query, at::Tensor key, at::Tensor value, c10
     TORCH_CHECK(mask.dim() == 3 && mask.size(0) == batch && mask.size(1) == n && mask.size(2) == keys,
                 "mask must be [B, n, S]");
   }
-  const bool* m = see.has_value() ? mask.data_ptr<bool>() : nullptr;
   auto out = at::empty_like(query);
-  const float *qp = query.data_ptr<float>(), *kp = key.data_ptr<float>(), *vp = value.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, batch * n * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> seen;
-    std::vector<float> p;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (n * kv_heads), i = task / kv_heads % n, g = task % kv_heads;
-      seen.clear();
-      if (m) {
-        const bool* row = m + (b * n + i) * keys;
-        for (int64_t j = 0; j < keys; ++j)
-          if (row[j]) seen.push_back(j);
-      } else {
-        for (int64_t j = 0; j < keys - n + i + 1; ++j) seen.push_back(j);
-      }
-      const int64_t head0 = (b * n + i) * heads + g * group;
-      const int64_t cache = (b * kv_heads + g) * keys * d;
-      attend(qp + head0 * d, kp + cache, vp + cache, seen, group, d, float(scaling), op + head0 * d, p);
-    }
-  });
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t cache = b * kv_heads * keys * d, rows = b * n * heads * d;
+    attend_rows(query.data_ptr<float>() + rows, key.data_ptr<float>() + cache, value.data_ptr<float>() + cache,
+                keys * d, n, heads, kv_heads, d, keys, see.has_value() ? mask.data_ptr<bool>() + b * n * keys : nullptr,
+                float(scaling), out.data_ptr<float>() + rows);
+  }
   return out;
 }

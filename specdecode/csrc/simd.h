@@ -29,6 +29,7 @@ inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline vec vsub(vec a, vec b) { return _mm512_sub_ps(a, b); }
 inline vec vdiv(vec a, vec b) { return _mm512_div_ps(a, b); }
 inline vec vmax(vec a, vec b) { return _mm512_max_ps(a, b); }
+inline vec vmin(vec a, vec b) { return _mm512_min_ps(a, b); }
 inline vec vround(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vec vpow2(vec n) { return _mm512_scalef_ps(vset(1.0f), n); }  // 2^n for integral n
 inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
@@ -63,6 +64,7 @@ inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec vsub(vec a, vec b) { return _mm256_sub_ps(a, b); }
 inline vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
 inline vec vmax(vec a, vec b) { return _mm256_max_ps(a, b); }
+inline vec vmin(vec a, vec b) { return _mm256_min_ps(a, b); }
 inline vec vround(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vec vpow2(vec n) {  // 2^n for integral n in [-126, 127]
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
@@ -90,10 +92,10 @@ inline vec nibbles(const uint8_t* p) {  // 4 bytes -> lanes 0..3 low nibbles, 4.
 }
 #endif
 
-// e^x lane by lane for x <= 0 (softmax terms; below -87 it returns 0 or a subnormal-free tiny value):
+// e^x lane by lane, x clamped to [-87, 88] (no subnormals, no overflow past float's range):
 // 2^k * e^r with k = round(x / ln 2), |r| <= ln 2 / 2, e^r by a degree-6 polynomial (about 1 ulp).
 inline vec vexp(vec x) {
-  x = vmax(x, vset(-87.0f));
+  x = vmin(vmax(x, vset(-87.0f)), vset(88.0f));
   const vec k = vround(vmul(x, vset(1.44269504f)));
   vec r = vfma(k, vset(-0.693359375f), x);
   r = vfma(k, vset(2.12194440e-4f), r);

@@ -1,0 +1,177 @@
+// A Llama-family decoder (Llama, Qwen2, Mistral: RMSNorm, rotary positions, grouped-query attention, SiLU-gated
+// MLP) run from C++ in float32 activations, for a draft model: a PyTorch forward pass spends about a
+// millisecond a layer launching its small operations, as much as a small draft's int8 weights take to read.
+// Projections go through small_rows_linear, attention through attend_rows; the KV cache is the decoder's own.
+#include "decoder.h"
+
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <cstring>
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace specdecode {
+namespace {
+
+constexpr int PROJECTIONS_PER_LAYER = 7;
+
+// x[n, size] -> weight * x * rsqrt(mean(x^2) + eps), row by row.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps) {
+  const int64_t n = x.size(0), size = x.size(1);
+  auto y = at::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *w = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = xp + r * size;
+    double squares = 0.0;
+    for (int64_t k = 0; k < size; ++k) squares += double(row[k]) * row[k];
+    const float inv = 1.0f / std::sqrt(float(squares / size) + eps);
+    for (int64_t k = 0; k < size; ++k) yp[r * size + k] = w[k] * (row[k] * inv);
+  }
+  return y;
+}
+
+// Rotates each head's halves (x1, x2) of rows x[n, heads * d] by the angles of the row's position.
+void rotate(float* x, int64_t n, int64_t heads, int64_t d, const float* cos, const float* sin) {
+  const int64_t half = d / 2;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + (r * heads + h) * d;
+      const float *c = cos + r * half, *s = sin + r * half;
+      for (int64_t j = 0; j < half; ++j) {
+        const float a = v[j], b = v[j + half];
+        v[j] = a * c[j] - b * s[j];
+        v[j + half] = b * c[j] + a * s[j];
+      }
+    }
+}
+
+// gate <- silu(gate) * up, elementwise.
+void silu_mul(float* gate, const float* up, int64_t size) {
+  const int64_t body = size / W * W;
+  for (int64_t k = 0; k < body; k += W) {
+    const vec g = vload(gate + k);
+    vstore(gate + k, vmul(vdiv(g, vadd(vset(1.0f), vexp(vsub(vzero(), g)))), vload(up + k)));
+  }
+  for (int64_t k = body; k < size; ++k) gate[k] = gate[k] / (1.0f + std::exp(-gate[k])) * up[k];
+}
+
+void add_into(at::Tensor& h, const at::Tensor& x) {
+  float* hp = h.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  for (int64_t k = 0; k < h.numel(); ++k) hp[k] += xp[k];
+}
+
+}  // namespace
+
+Decoder::Decoder(at::Tensor embed, at::Tensor final_norm, at::Tensor inv_freq, double rope_scaling, int64_t heads,
+                 int64_t kv_heads, int64_t head_dim, double eps)
+    : embed_(embed),
+      final_norm_(final_norm.to(at::kFloat).contiguous()),
+      inv_freq_(inv_freq.to(at::kFloat).contiguous()),
+      rope_scaling_(float(rope_scaling)),
+      heads_(heads),
+      kv_heads_(kv_heads),
+      head_dim_(head_dim),
+      eps_(float(eps)) {
+  TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0 && inv_freq_.numel() == head_dim / 2,
+              "unsupported attention shape");
+}
+
+void Decoder::add_projection(at::Tensor weight, c10::optional<at::Tensor> bias, c10::optional<at::Tensor> scale,
+                             int64_t out) {
+  projections_.push_back({weight, bias, scale, out});
+}
+
+void Decoder::add_layer(at::Tensor input_norm, at::Tensor post_norm) {
+  input_norms_.push_back(input_norm.to(at::kFloat).contiguous());
+  post_norms_.push_back(post_norm.to(at::kFloat).contiguous());
+  keys_.emplace_back();
+  values_.emplace_back();
+}
+
+at::Tensor Decoder::project(const Projection& p, const at::Tensor& x) const {
+  return small_rows_linear(x, p.weight, p.out, p.bias, p.scale);
+}
+
+void Decoder::reserve(int64_t total) {
+  if (total <= capacity_) return;
+  const int64_t capacity = std::max<int64_t>(total, 2 * capacity_ + 64);
+  for (auto* cache : {&keys_, &values_})
+    for (auto& layer : *cache) {
+      auto grown = at::empty({kv_heads_, capacity, head_dim_}, at::kFloat);
+      if (length_) grown.narrow(1, 0, length_).copy_(layer.narrow(1, 0, length_));
+      layer = grown;
+    }
+  capacity_ = capacity;
+}
+
+at::Tensor Decoder::forward(at::Tensor ids, at::Tensor positions, c10::optional<at::Tensor> see, int64_t num_logits) {
+  const int64_t layers = int64_t(input_norms_.size()), n = ids.size(0), total = length_ + n, d = head_dim_;
+  TORCH_CHECK(int64_t(projections_.size()) == PROJECTIONS_PER_LAYER * layers + 1, "decoder is incomplete");
+  TORCH_CHECK(n >= 1 && positions.size(0) == n && num_logits >= 1 && num_logits <= n, "bad token count");
+  at::Tensor mask;
+  if (see.has_value()) {
+    mask = see->to(at::kBool).contiguous();
+    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == n && mask.size(1) == total, "mask must be [n, length + n]");
+  }
+  reserve(total);
+  // rotary angles [n, d / 2]
+  const int64_t half = d / 2;
+  std::vector<float> cos(n * half), sin(n * half);
+  const auto pos = positions.to(at::kLong).contiguous();
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < half; ++j) {
+      const float angle = float(pos.data_ptr<int64_t>()[r]) * inv_freq_.data_ptr<float>()[j];
+      cos[r * half + j] = std::cos(angle) * rope_scaling_;
+      sin[r * half + j] = std::sin(angle) * rope_scaling_;
+    }
+  at::Tensor h = embed_.index_select(0, ids.to(at::kLong)).to(at::kFloat).contiguous();  // [n, hidden]
+  auto attention = at::empty({n, heads_ * d}, at::kFloat);
+  const float scaling = 1.0f / std::sqrt(float(d));
+  for (int64_t l = 0; l < layers; ++l) {
+    const Projection* p = projections_.data() + PROJECTIONS_PER_LAYER * l;
+    at::Tensor x = rms_norm(h, input_norms_[l], eps_);
+    at::Tensor q = project(p[0], x), k = project(p[1], x), v = project(p[2], x);
+    rotate(q.data_ptr<float>(), n, heads_, d, cos.data(), sin.data());
+    rotate(k.data_ptr<float>(), n, kv_heads_, d, cos.data(), sin.data());
+    float *kc = keys_[l].data_ptr<float>(), *vc = values_[l].data_ptr<float>();
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t g = 0; g < kv_heads_; ++g) {
+        const int64_t to = (g * capacity_ + length_ + r) * d, from = (r * kv_heads_ + g) * d;
+        std::memcpy(kc + to, k.data_ptr<float>() + from, d * sizeof(float));
+        std::memcpy(vc + to, v.data_ptr<float>() + from, d * sizeof(float));
+      }
+    attend_rows(q.data_ptr<float>(), kc, vc, capacity_ * d, n, heads_, kv_heads_, d, total,
+                see.has_value() ? mask.data_ptr<bool>() : nullptr, scaling, attention.data_ptr<float>());
+    add_into(h, project(p[3], attention));
+    x = rms_norm(h, post_norms_[l], eps_);
+    at::Tensor gate = project(p[4], x), up = project(p[5], x);
+    silu_mul(gate.data_ptr<float>(), up.data_ptr<float>(), gate.numel());
+    add_into(h, project(p[6], gate));
+  }
+  length_ = total;
+  at::Tensor last = rms_norm(h.narrow(0, n - num_logits, num_logits).contiguous(), final_norm_, eps_);
+  return project(projections_.back(), last);
+}
+
+void Decoder::crop(int64_t length) { length_ = std::max<int64_t>(0, std::min(length_, length)); }
+
+void Decoder::keep(int64_t start, at::Tensor positions) {
+  const auto pos = positions.to(at::kLong).contiguous();
+  const int64_t count = pos.numel(), d = head_dim_;
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  for (int64_t t = 0; t < count; ++t)
+    TORCH_CHECK(pp[t] >= start + t && pp[t] < length_ && (t == 0 || pp[t] > pp[t - 1]), "bad positions to keep");
+  for (auto* cache : {&keys_, &values_})
+    for (auto& layer : *cache)
+      for (int64_t g = 0; g < kv_heads_; ++g) {
+        float* base = layer.data_ptr<float>() + g * capacity_ * d;
+        for (int64_t t = 0; t < count; ++t)
+          std::memmove(base + (start + t) * d, base + pp[t] * d, d * sizeof(float));
+      }
+  length_ = start + count;
+}
+
+}  // namespace specdecode

@@ -1,0 +1,45 @@
+// A Llama-family decoder run from C++ (see decoder.cpp).
+#pragma once
+#include <ATen/ATen.h>
+#include <vector>
+
+namespace specdecode {
+
+// One projection as specdecode.fastlinear.FastLinear holds it: panel-packed weight, float32 bias and scale.
+struct Projection {
+  at::Tensor weight;
+  c10::optional<at::Tensor> bias, scale;
+  int64_t out;
+};
+
+// Decoder layers of RMSNorm, rotary positions, grouped-query attention and a SiLU-gated MLP, with their
+// own float32 KV cache [kv_heads, capacity, head_dim] per layer. Weights are the Python modules' tensors.
+class Decoder {
+ public:
+  Decoder(at::Tensor embed, at::Tensor final_norm, at::Tensor inv_freq, double rope_scaling, int64_t heads,
+          int64_t kv_heads, int64_t head_dim, double eps);
+  // Per layer, in order: q, k, v, o, gate, up, down; then the output head.
+  void add_projection(at::Tensor weight, c10::optional<at::Tensor> bias, c10::optional<at::Tensor> scale,
+                      int64_t out);
+  void add_layer(at::Tensor input_norm, at::Tensor post_norm);
+  // ids, positions: [n] int64; see: [n, length() + n] bool (which cached or new positions each token sees)
+  // or None (causal). Appends the n tokens to the cache; returns logits [num_logits, V] of the last ones.
+  at::Tensor forward(at::Tensor ids, at::Tensor positions, c10::optional<at::Tensor> see, int64_t num_logits);
+  void crop(int64_t length);                        // forget cached positions from `length` on
+  void keep(int64_t start, at::Tensor positions);   // cache <- [0, start) then `positions` (increasing, >= start)
+  int64_t length() const { return length_; }
+
+ private:
+  at::Tensor project(const Projection& p, const at::Tensor& x) const;
+  void reserve(int64_t total);
+
+  at::Tensor embed_, final_norm_, inv_freq_;
+  float rope_scaling_;
+  int64_t heads_, kv_heads_, head_dim_;
+  float eps_;
+  std::vector<Projection> projections_;
+  std::vector<at::Tensor> input_norms_, post_norms_, keys_, values_;
+  int64_t length_ = 0, capacity_ = 0;
+};
+
+}  // namespace specdecode

@@ -1,0 +1,92 @@
+"""The compiled draft decoder (csrc/decoder.cpp): the same logits as the model's modules, its own KV
+cache through every CachedModel operation, and a speculative output that stays the target's."""
+
+import pytest
+import torch
+from tiny_models import make_model, make_tokenizer
+
+from specdecode import SpeculativeDecoder
+from specdecode.compiled_decoder import attach, unsupported
+from specdecode.fastlinear import use_small_rows_path
+from specdecode.kv import CachedModel
+
+
+def _twins(arch: str) -> tuple[CachedModel, CachedModel]:
+    """The same float32 model twice: through its modules, and through the compiled decoder."""
+    tokenizer = make_tokenizer()
+    model = make_model(arch, len(tokenizer), 0, layers=2, dtype=torch.float32, init_range=0.3)
+    use_small_rows_path(model)
+    modules = CachedModel(model, len(tokenizer))
+    assert attach(model)
+    compiled = CachedModel(model, len(tokenizer))
+    assert modules.decoder is None and compiled.decoder is not None
+    return modules, compiled
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    torch.testing.assert_close(b.float(), a.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_compiled_decoder_matches_the_modules(arch):
+    """Prompt, one-token steps, a chain, rollback, a token tree and keep_path: logits agree to float32
+    rounding (the decoder keeps its activations in float32, the modules too here), and so do the
+    caches, since later passes read them."""
+    modules, compiled = _twins(arch)
+    prompt = list(range(3, 40))
+    for cache in (modules, compiled):
+        assert len(cache) == 0
+    _close(modules.forward(prompt, num_logits=4), compiled.forward(prompt, num_logits=4))
+    for token in (5, 6):
+        _close(modules.forward([token], 1), compiled.forward([token], 1))
+    for cache in (modules, compiled):
+        cache.rollback(20)
+    _close(modules.forward([7, 8, 9], 3), compiled.forward([7, 8, 9], 3))
+    # a tree after 23 tokens: nodes 0 and 1 children of the last token, node 2 a child of node 1
+    parents = [22, 22, 24]
+    _close(modules.forward([10, 11, 12], 3, parents=parents), compiled.forward([10, 11, 12], 3, parents=parents))
+    for cache in (modules, compiled):
+        cache.keep_path([1, 2])
+        assert len(cache) == 25
+    _close(modules.forward([13, 14], 2), compiled.forward([13, 14], 2))
+    for cache in (modules, compiled):
+        cache.rollback(0)
+    _close(modules.forward(prompt[:5], 1), compiled.forward(prompt[:5], 1))
+
+
+def test_the_cache_grows_past_its_first_capacity():
+    modules, compiled = _twins("llama")
+    tokens = [int(t) for t in torch.randint(3, 40, (150,), generator=torch.Generator().manual_seed(0))]
+    _close(modules.forward(tokens[:100], 1), compiled.forward(tokens[:100], 1))
+    for token in tokens[100:]:
+        _close(modules.forward([token], 1), compiled.forward([token], 1))
+
+
+def test_what_it_does_not_run_says_why():
+    tokenizer = make_tokenizer()
+    gpt2 = make_model("gpt2", len(tokenizer), 0, dtype=torch.float32)
+    use_small_rows_path(gpt2)
+    assert "model type 'gpt2'" in unsupported(gpt2)
+    llama = make_model("llama", len(tokenizer), 0, dtype=torch.float32)
+    assert unsupported(llama) == "projections not on the small-rows kernel"
+    assert not attach(llama) and CachedModel(llama, len(tokenizer)).decoder is None
+
+
+@pytest.mark.parametrize("proposer", ["draft", "tree"])
+def test_a_compiled_draft_keeps_the_output_exact(model_dirs, proposer):
+    """The loaded draft runs compiled by default (and through its modules on request); either way the
+    greedy output is the target's own, token for token."""
+    target_dir, draft_dir = model_dirs
+    dec = SpeculativeDecoder.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", proposer=proposer)
+    draft = dec.proposer.draft if proposer == "draft" else dec.proposer.draft.draft
+    assert draft.decoder is not None
+    plain = dec.generate("def f(x):", 40, num_speculative_tokens=0, ignore_eos=True)
+    out = dec.generate("def f(x):", 40, num_speculative_tokens=4, ignore_eos=True)
+    assert out.token_ids == plain.token_ids and out.stats.accepted > 0
+    modules = SpeculativeDecoder.from_pretrained(
+        str(target_dir), str(draft_dir), dtype="float32", draft_decoder="modules"
+    )
+    assert modules.proposer.draft.decoder is None
+    with pytest.raises(ValueError, match="unknown draft_decoder"):
+        SpeculativeDecoder.from_pretrained(str(target_dir), str(draft_dir), draft_decoder="fast")
