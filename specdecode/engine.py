@@ -106,7 +106,8 @@ def is_batch(prompt) -> bool:
 PROPOSERS = ("draft", "ngram", "tree", "ngram+draft")
 KERNELS = ("auto", "small-rows", "stock")
 DRAFT_DECODERS = ("compiled", "modules")
-# end to end, Qwen2.5-Coder pair, first small-rows kernel: 1.37x vs 1.24x bf16, 1.38x vs 1.27x int4
+# end to end, Qwen2.5-Coder pair, first small-rows kernel: 1.37x vs 1.24x bf16, 1.38x vs 1.27x int4;
+# compiled 0.5B draft, one guess: int8 26.5 ms, int4 43 ms, bf16 46 ms (docs/benchmarks.md)
 AUTO_DRAFT_QUANTIZATION = "int8"
 
 
