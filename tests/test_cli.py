@@ -1,22 +1,52 @@
-"""The `specdecode` command, run as a real subprocess on tiny models saved to folders."""
+"""The `specdecode` command on tiny models saved to folders: through its entry point `cli.main` in
+this process (Python, torch and transformers imported once: a subprocess spends 5-10 s on them),
+and as a real subprocess where the process itself matters (piped stdin, exit status)."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
+from specdecode import cli
+
+
+class _Stdin(io.StringIO):
+    """Piped text, or (None) an interactive terminal with nothing typed."""
+
+    def __init__(self, text: str | None) -> None:
+        super().__init__(text or "")
+        self.piped = text is not None
+
+    def isatty(self) -> bool:
+        return not self.piped
+
 
 def run(*args, stdin=None):
+    """`specdecode ARGS` in this process -> CompletedProcess (returncode, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch("sys.stdin", _Stdin(stdin)):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exit_:  # argparse: --help, bad arguments
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_process(*args, stdin=None):
+    """`python -m specdecode ARGS` as a real subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "specdecode", *args], capture_output=True, text=True, input=stdin, timeout=300
     )
 
 
-def generate(model_dirs, *extra, stdin=None):
+def generate(model_dirs, *extra, stdin=None, runner=run):
     """`specdecode generate` on the tiny target and draft, with `extra` flags."""
     target, draft = map(str, model_dirs)
-    return run("generate", "--target", target, "--draft", draft, *extra, stdin=stdin)
+    return runner("generate", "--target", target, "--draft", draft, *extra, stdin=stdin)
 
 
 def test_generate_json_with_baseline(model_dirs):
@@ -31,7 +61,7 @@ def test_generate_json_with_baseline(model_dirs):
 
 def test_generate_stream_from_stdin(model_dirs):
     flags = ["--stream", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "1"]
-    proc = generate(model_dirs, *flags, stdin="abc")
+    proc = generate(model_dirs, *flags, stdin="abc", runner=run_process)
     assert proc.returncode == 0, proc.stderr
     assert "tok/s" in proc.stderr and "acceptance" in proc.stderr
 
@@ -52,7 +82,7 @@ def test_bad_input_exits_with_a_message(model_dirs, extra, code, message):
 
 
 def test_missing_model_exits_with_a_message():
-    proc = run("generate", "--target", "/nonexistent/t", "--prompt", "x")
+    proc = run_process("generate", "--target", "/nonexistent/t", "--prompt", "x")
     assert proc.returncode == 2 and "no such model folder" in proc.stderr
 
 
