@@ -313,3 +313,31 @@ def test_the_remaining_parameters_leave_the_checkpoint_memory_and_keep_their_tie
         assert torch.equal(param, before[name][1]), name
     assert norm0.weight.data_ptr() == norm1.weight.data_ptr()
     assert model.model.embed_tokens.weight is embed  # the same Parameter object, new memory
+
+
+def test_the_kernel_lets_other_threads_run_while_it_computes():
+    """A Python thread keeps running during one long kernel call (it releases the GIL): samples of
+    its clock fall inside the call, away from its ends, which a call holding the GIL forbids."""
+    import threading
+    import time
+
+    packed, _ = pack(torch.randn(8192, 8192, dtype=torch.bfloat16))
+    x = torch.randn(64, 8192, dtype=torch.bfloat16)
+    stamps: list[float] = []
+    done = threading.Event()
+
+    def spin() -> None:
+        while not done.is_set():
+            stamps.append(time.perf_counter())
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    time.sleep(0.01)
+    start = time.perf_counter()
+    small_rows_linear(x, packed, 8192)
+    end = time.perf_counter()
+    done.set()
+    thread.join()
+    margin = (end - start) / 4
+    assert end - start > 0.004  # long enough to tell
+    assert sum(start + margin < t < end - margin for t in stamps) >= 10
