@@ -10,8 +10,9 @@ is replayed on that trace with costs measured here (target pass over n tokens, d
 gives its modelled time per token, free of noise. The same costs drive `auto` in real runs.
 One `AutoK` serves all prompts in turn, as a decoder keeps it from call to call.
 
-Qwen2.5-Coder 1.5B target, 0.5B draft (int8), bfloat16, small-rows kernels, HumanEval prompts.
-Writes docs/results/policy_replay.{json,md}.
+Qwen2.5-Coder 1.5B target, 0.5B draft (int8; through the compiled draft decoder unless
+`--draft-decoder modules`), bfloat16, small-rows kernels, HumanEval prompts.
+Writes docs/results/NAME.{json,md} (`--name`, default policy_replay).
 
     python benchmarks/policy_replay.py --prompts 8 --max-new-tokens 128
 """
@@ -26,6 +27,7 @@ from core_speed import MODELS, cpu_name, write_results
 
 from specdecode import SpeculativeDecoder
 from specdecode.bench import workloads
+from specdecode.compiled_decoder import attach
 from specdecode.engine import AUTO_K_MAX
 from specdecode.fastlinear import use_small_rows_path
 from specdecode.kv import CachedModel
@@ -63,12 +65,16 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5, help="timed passes per size for the cost curve")
+    ap.add_argument("--draft-decoder", default="compiled", choices=("compiled", "modules"))
+    ap.add_argument("--name", default="policy_replay", help="output file stem under docs/results/")
     args = ap.parse_args()
 
     tokenizer = load_tokenizer(args.target)
     target, draft = load_model(args.target, "bfloat16"), load_model(args.draft, "bfloat16")
     use_small_rows_path(target)
     use_small_rows_path(draft, "int8")
+    if args.draft_decoder == "compiled" and not attach(draft):
+        raise SystemExit("the compiled decoder does not support this draft")
     dec = SpeculativeDecoder(target, draft, tokenizer)
     draft_cache = CachedModel(draft, len(tokenizer))
     prompts = [dec.encode(p) for p in workloads.load("code", args.prompts, len(tokenizer))]
@@ -117,7 +123,7 @@ def main() -> None:
             f"| {statistics.median(passes):.2f} |"
         )
     settings = {**vars(args), "verify_ms": {n: s * 1000 for n, s in verify_s.items()}, "draft_ms": draft_s * 1000}
-    write_results("policy_replay", {"settings": settings, "summary": summary, "runs": runs}, lines)
+    write_results(args.name, {"settings": settings, "summary": summary, "runs": runs}, lines)
 
 
 if __name__ == "__main__":
