@@ -4,7 +4,7 @@
 // Projections go through small_rows_linear, attention through attend_rows; the KV cache is the decoder's own.
 #include "decoder.h"
 
-#include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
