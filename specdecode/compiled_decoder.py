@@ -42,9 +42,6 @@ def unsupported(model: nn.Module) -> str | None:
     rotary = getattr(core, "rotary_emb", None)
     if rotary is None or getattr(rotary, "rope_type", "default") not in STATIC_ROPE:
         return f"rotary type {getattr(rotary, 'rope_type', None)!r}"
-    attention = core.layers[0].self_attn
-    if abs(attention.scaling - attention.head_dim**-0.5) > 1e-6:
-        return "attention scaling other than 1/sqrt(head_dim)"
     linears = [model.lm_head] + [
         getattr(module, name)
         for layer in core.layers
@@ -71,6 +68,7 @@ def build(model: nn.Module):
         config.num_attention_heads,
         config.num_key_value_heads,
         attention.head_dim,
+        float(attention.scaling),
         float(core.norm.variance_epsilon),
     )
     for layer in core.layers:

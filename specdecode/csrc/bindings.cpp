@@ -14,7 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_attention", &row_attention, "attention, each query against its visible keys only", release());
   using specdecode::Decoder;
   pybind11::class_<Decoder>(m, "Decoder", "a Llama-family decoder with its own KV cache")
-      .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, double, int64_t, int64_t, int64_t, double>())
+      .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, double, int64_t, int64_t, int64_t, double, double>())
       .def("add_projection", &Decoder::add_projection)
       .def("add_layer", &Decoder::add_layer)
       .def("forward", &Decoder::forward, release())

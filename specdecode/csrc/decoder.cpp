@@ -54,7 +54,7 @@ void silu_mul(float* gate, const float* up, int64_t size) {
     const vec g = vload(gate + k);
     vstore(gate + k, vmul(vdiv(g, vadd(vset(1.0f), vexp(vsub(vzero(), g)))), vload(up + k)));
   }
-  for (int64_t k = body; k < size; ++k) gate[k] = gate[k] / (1.0f + std::exp(-gate[k])) * up[k];
+  for (int64_t k = body; k < size; ++k) gate[k] = gate[k] / (1.0f + vfirst(vexp(vset(-gate[k])))) * up[k];
 }
 
 void add_into(at::Tensor& h, const at::Tensor& x) {
@@ -65,15 +65,16 @@ void add_into(at::Tensor& h, const at::Tensor& x) {
 
 }  // namespace
 
-Decoder::Decoder(at::Tensor embed, at::Tensor final_norm, at::Tensor inv_freq, double rope_scaling, int64_t heads,
-                 int64_t kv_heads, int64_t head_dim, double eps)
+Decoder::Decoder(at::Tensor embed, at::Tensor final_norm, at::Tensor inv_freq, double rotary_scale, int64_t heads,
+                 int64_t kv_heads, int64_t head_dim, double scaling, double eps)
     : embed_(embed),
       final_norm_(final_norm.to(at::kFloat).contiguous()),
       inv_freq_(inv_freq.to(at::kFloat).contiguous()),
-      rope_scaling_(float(rope_scaling)),
+      rotary_scale_(float(rotary_scale)),
       heads_(heads),
       kv_heads_(kv_heads),
       head_dim_(head_dim),
+      scaling_(float(scaling)),
       eps_(float(eps)) {
   TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0 && inv_freq_.numel() == head_dim / 2,
               "unsupported attention shape");
@@ -121,15 +122,16 @@ at::Tensor Decoder::forward(at::Tensor ids, at::Tensor positions, c10::optional<
   const int64_t half = d / 2;
   std::vector<float> cos(n * half), sin(n * half);
   const auto pos = positions.to(at::kLong).contiguous();
+  const int64_t* pp = pos.data_ptr<int64_t>();
+  const float* freq = inv_freq_.data_ptr<float>();
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < half; ++j) {
-      const float angle = float(pos.data_ptr<int64_t>()[r]) * inv_freq_.data_ptr<float>()[j];
-      cos[r * half + j] = std::cos(angle) * rope_scaling_;
-      sin[r * half + j] = std::sin(angle) * rope_scaling_;
+      const float angle = float(pp[r]) * freq[j];
+      cos[r * half + j] = std::cos(angle) * rotary_scale_;
+      sin[r * half + j] = std::sin(angle) * rotary_scale_;
     }
   at::Tensor h = embed_.index_select(0, ids.to(at::kLong)).to(at::kFloat).contiguous();  // [n, hidden]
   auto attention = at::empty({n, heads_ * d}, at::kFloat);
-  const float scaling = 1.0f / std::sqrt(float(d));
   for (int64_t l = 0; l < layers; ++l) {
     const Projection* p = projections_.data() + PROJECTIONS_PER_LAYER * l;
     at::Tensor x = rms_norm(h, input_norms_[l], eps_);
@@ -137,14 +139,15 @@ at::Tensor Decoder::forward(at::Tensor ids, at::Tensor positions, c10::optional<
     rotate(q.data_ptr<float>(), n, heads_, d, cos.data(), sin.data());
     rotate(k.data_ptr<float>(), n, kv_heads_, d, cos.data(), sin.data());
     float *kc = keys_[l].data_ptr<float>(), *vc = values_[l].data_ptr<float>();
+    const float *kn = k.data_ptr<float>(), *vn = v.data_ptr<float>();
     for (int64_t r = 0; r < n; ++r)
       for (int64_t g = 0; g < kv_heads_; ++g) {
         const int64_t to = (g * capacity_ + length_ + r) * d, from = (r * kv_heads_ + g) * d;
-        std::memcpy(kc + to, k.data_ptr<float>() + from, d * sizeof(float));
-        std::memcpy(vc + to, v.data_ptr<float>() + from, d * sizeof(float));
+        std::memcpy(kc + to, kn + from, d * sizeof(float));
+        std::memcpy(vc + to, vn + from, d * sizeof(float));
       }
-    attend_rows(q.data_ptr<float>(), kc, vc, capacity_ * d, n, heads_, kv_heads_, d, total,
-                see.has_value() ? mask.data_ptr<bool>() : nullptr, scaling, attention.data_ptr<float>());
+    attend_rows(q.data_ptr<float>(), kc, vc, capacity_ * d, 1, n, heads_, kv_heads_, d, total,
+                see.has_value() ? mask.data_ptr<bool>() : nullptr, scaling_, attention.data_ptr<float>());
     add_into(h, project(p[3], attention));
     x = rms_norm(h, post_norms_[l], eps_);
     at::Tensor gate = project(p[4], x), up = project(p[5], x);

@@ -16,8 +16,9 @@ struct Projection {
 // own float32 KV cache [kv_heads, capacity, head_dim] per layer. Weights are the Python modules' tensors.
 class Decoder {
  public:
-  Decoder(at::Tensor embed, at::Tensor final_norm, at::Tensor inv_freq, double rope_scaling, int64_t heads,
-          int64_t kv_heads, int64_t head_dim, double eps);
+  // rotary_scale multiplies cos and sin (the rotary type's attention factor); scaling multiplies the scores.
+  Decoder(at::Tensor embed, at::Tensor final_norm, at::Tensor inv_freq, double rotary_scale, int64_t heads,
+          int64_t kv_heads, int64_t head_dim, double scaling, double eps);
   // Per layer, in order: q, k, v, o, gate, up, down; then the output head.
   void add_projection(at::Tensor weight, c10::optional<at::Tensor> bias, c10::optional<at::Tensor> scale,
                       int64_t out);
@@ -34,9 +35,9 @@ class Decoder {
   void reserve(int64_t total);
 
   at::Tensor embed_, final_norm_, inv_freq_;
-  float rope_scaling_;
+  float rotary_scale_;
   int64_t heads_, kv_heads_, head_dim_;
-  float eps_;
+  float scaling_, eps_;
   std::vector<Projection> projections_;
   std::vector<at::Tensor> input_norms_, post_norms_, keys_, values_;
   int64_t length_ = 0, capacity_ = 0;

@@ -118,28 +118,28 @@ void attend(const float* q, const float* keys, const float* values, const std::v
 
 }  // namespace
 
-// Attention of n queries [n, H, d] of one sequence against `keys` cached keys/values: kv head g's key j at
-// keys + g * kv_stride + j * d (float32). Query i sees the keys that see[i * keys + j] marks, or without
-// a mask the first keys - n + i + 1. Writes out [n, H, d].
-void attend_rows(const float* query, const float* key, const float* value, int64_t kv_stride, int64_t n,
-                 int64_t heads, int64_t kv_heads, int64_t d, int64_t keys, const bool* see, float scaling, float* out) {
+// Attention of `batch` sequences of n queries [batch, n, H, d] against `keys` cached keys/values each: row b's
+// kv head g's key j at key + (b * kv_heads + g) * kv_stride + j * d (float32). Query (b, i) sees the keys that
+// see[(b * n + i) * keys + j] marks, or without a mask the first keys - n + i + 1. Writes out [batch, n, H, d].
+void attend_rows(const float* query, const float* key, const float* value, int64_t kv_stride, int64_t batch,
+                 int64_t n, int64_t heads, int64_t kv_heads, int64_t d, int64_t keys, const bool* see, float scaling,
+                 float* out) {
   const int64_t group = heads / kv_heads;
-  at::parallel_for(0, n * kv_heads, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * n * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> seen;
     std::vector<float> p;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t i = task / kv_heads, g = task % kv_heads;
+      const int64_t row = task / kv_heads, g = task % kv_heads, i = row % n;  // row = b * n + i
       seen.clear();
       if (see) {
-        const bool* row = see + i * keys;
+        const bool* visible = see + row * keys;
         for (int64_t j = 0; j < keys; ++j)
-          if (row[j]) seen.push_back(j);
+          if (visible[j]) seen.push_back(j);
       } else {
         for (int64_t j = 0; j < keys - n + i + 1; ++j) seen.push_back(j);
       }
-      const int64_t head0 = i * heads + g * group;
-      attend(query + head0 * d, key + g * kv_stride, value + g * kv_stride, seen, group, d, scaling,
-             out + head0 * d, p);
+      const int64_t head0 = row * heads + g * group, cache = (row / n * kv_heads + g) * kv_stride;
+      attend(query + head0 * d, key + cache, value + cache, seen, group, d, scaling, out + head0 * d, p);
     }
   });
 }
@@ -162,11 +162,8 @@ at::Tensor row_attention(at::Tensor query, at::Tensor key, at::Tensor value, c10
                 "mask must be [B, n, S]");
   }
   auto out = at::empty_like(query);
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t cache = b * kv_heads * keys * d, rows = b * n * heads * d;
-    attend_rows(query.data_ptr<float>() + rows, key.data_ptr<float>() + cache, value.data_ptr<float>() + cache,
-                keys * d, n, heads, kv_heads, d, keys, see.has_value() ? mask.data_ptr<bool>() + b * n * keys : nullptr,
-                float(scaling), out.data_ptr<float>() + rows);
-  }
+  attend_rows(query.data_ptr<float>(), key.data_ptr<float>(), value.data_ptr<float>(), keys * d, batch, n, heads,
+              kv_heads, d, keys, see.has_value() ? mask.data_ptr<bool>() : nullptr, float(scaling),
+              out.data_ptr<float>());
   return out;
 }
