@@ -52,6 +52,24 @@ def test_each_row_is_bit_identical_for_any_number_of_rows(dtype, quantization):
         assert torch.equal(small_rows_linear(x[n - 1 : n], packed, 200, None, scale)[0], full[n - 1])
 
 
+@pytest.mark.parametrize("out_features", [96, 37])  # whole vectors, and a last vector cut short
+def test_bfloat16_results_are_rounded_as_torch_rounds(out_features):
+    """An identity weight and a float32 bias: each output is x + bias in float32, then rounded to
+    bfloat16 by the kernel; it must give torch's bits (to nearest, ties to even; inf stays inf).
+    Ties are built in (1 + 2^-8 is halfway between 1 and 1 + 2^-7)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, out_features, generator=g).to(torch.bfloat16)
+    bias = torch.randn(out_features, generator=g) * 1e-2
+    bias[:2] = torch.tensor([float("inf"), -float("inf")])
+    x[:, 2:5], bias[2:5] = 1.0, torch.tensor([1.0, 3.0, 5.0]) * 2**-8  # halfway between two bfloat16 values
+    x[:, 5], bias[5] = -1.0, -(2**-8)
+    packed, _ = pack(torch.eye(out_features, dtype=torch.bfloat16))
+    got = small_rows_linear(x, packed, out_features, bias)
+    want = (x.float() + bias).to(torch.bfloat16)
+    assert (got.float() != x.float()).float().mean() > 0.5  # the bias changes most values: rounding matters
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
 def test_module_swap():
     tokenizer = make_tokenizer()
     model = make_model("llama", len(tokenizer), 0, dtype=torch.float32)

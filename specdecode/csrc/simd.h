@@ -3,6 +3,7 @@
 #pragma once
 #include <immintrin.h>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 namespace specdecode {
@@ -22,6 +23,14 @@ inline vec vload(const uint16_t* p) {  // 16 bfloat16 -> 16 float32
 }
 inline vec vload(const int8_t* p) {  // 16 int8 -> 16 float32
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+inline void vstore(uint16_t* p, vec v) {  // 16 float32 -> 16 bfloat16, rounded as torch rounds: to nearest,
+  // ties to even, any NaN -> 0x7FC0
+  const __m512i bits = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), one), _mm512_set1_epi32(0x7FFF));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+  const __m512i bf16 = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(bf16));
 }
 inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
@@ -58,6 +67,15 @@ inline vec vload(const uint16_t* p) {  // 8 bfloat16 -> 8 float32
 inline vec vload(const int8_t* p) {  // 8 int8 -> 8 float32
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
 }
+inline void vstore(uint16_t* p, vec v) {  // 8 float32 -> 8 bfloat16, rounded as torch rounds: to nearest,
+  // ties to even, any NaN -> 0x7FC0
+  const __m256i bits = _mm256_castps_si256(v), one = _mm256_set1_epi32(1);
+  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), one), _mm256_set1_epi32(0x7FFF));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+  const __m256i bf16 = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0),
+                                          _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  _mm_storeu_si128((__m128i*)p, _mm_packus_epi32(_mm256_castsi256_si128(bf16), _mm256_extracti128_si256(bf16, 1)));
+}
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
@@ -91,6 +109,23 @@ inline vec nibbles(const uint8_t* p) {  // 4 bytes -> lanes 0..3 low nibbles, 4.
   return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8)));
 }
 #endif
+
+// Lanes [0, count) from p, zeros past them (0 < count <= W).
+inline vec vload_first(const float* p, int64_t count) {
+  if (count == W) return vload(p);
+  float lanes[W] = {};
+  std::copy(p, p + count, lanes);
+  return vload(lanes);
+}
+
+// Lanes [0, count) of v to p (0 < count <= W); T float or uint16_t (bfloat16 bits).
+template <typename T>
+inline void vstore_first(T* p, vec v, int64_t count) {
+  if (count == W) return vstore(p, v);
+  T lanes[W];
+  vstore(lanes, v);
+  std::copy(lanes, lanes + count, p);
+}
 
 // e^x lane by lane, x clamped to [-87, 88] (no subnormals, no overflow past float's range):
 // 2^k * e^r with k = round(x / ln 2), |r| <= ln 2 / 2, e^r by a degree-6 polynomial (about 1 ulp).

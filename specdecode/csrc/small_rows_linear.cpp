@@ -135,12 +135,16 @@ void panels_kernel(int64_t n, const float* x, const Weights& w, const float* sca
         const int rows = int(std::min<int64_t>(GROUP, n - r0));
         const float* a = acc.data() + r0 * block * PW;
         for (int q = 0; q < block; ++q)
-          for (int r = 0; r < rows; ++r)
-            for (int64_t k = 0; k < PW && (p + q) * PW + k < out; ++k) {
-              const int64_t o = (p + q) * PW + k;
-              const float s = a[(q * rows + r) * PW + k];
-              y[(r0 + r) * out + o] = Y((scale ? s * scale[o] : s) + (bias ? bias[o] : 0.0f));
+          for (int v = 0; v < PANEL_VECTORS; ++v) {  // W outputs from o on, fewer at the end of `out`
+            const int64_t o = (p + q) * PW + v * W, count = std::min<int64_t>(W, out - o);
+            if (count <= 0) break;
+            const vec s = scale ? vload_first(scale + o, count) : vzero();
+            const vec c = bias ? vload_first(bias + o, count) : vzero();
+            for (int r = 0; r < rows; ++r) {
+              const vec sum = vload(a + (q * rows + r) * PW + v * W);
+              vstore_first(y + (r0 + r) * out + o, vadd(scale ? vmul(sum, s) : sum, c), count);
             }
+          }
       }
     }
   });
@@ -196,7 +200,7 @@ at::Tensor small_rows_linear(at::Tensor x, at::Tensor weight, int64_t out, c10::
     }
   };
   if (y.scalar_type() == at::kBFloat16) {
-    run(y.data_ptr<at::BFloat16>());
+    run(reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()));
   } else {
     run(y.data_ptr<float>());
   }
