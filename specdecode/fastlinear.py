@@ -54,7 +54,7 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def to_panels(matrix: torch.Tensor) -> torch.Tensor:
     """[out, in] -> [panels, in, PW], zero rows past `out`: the kernel reads PW outputs' weights for input i
-    in one contiguous load (PW = 48 with AVX-512, 16 with AVX2)."""
+    in one contiguous load (PW = 16: one 512-bit vector with AVX-512, two 256-bit ones with AVX2)."""
     width = extension().panel_width()
     out, size = matrix.shape
     padded = matrix.new_zeros(-(-out // width) * width, size)

@@ -11,7 +11,7 @@ namespace specdecode {
 #if defined(__AVX512F__)
 constexpr int W = 16;                  // floats a vector
 constexpr int REGISTERS = 32;
-constexpr int PANEL_VECTORS = 3;       // PW = 48 outputs a panel
+constexpr int PANEL_VECTORS = 1;       // PW = 16 outputs a panel
 constexpr int GROUP = 8;               // rows a register tile
 using vec = __m512;
 inline vec vzero() { return _mm512_setzero_ps(); }
