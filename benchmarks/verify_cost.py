@@ -2,7 +2,7 @@
 kernels (SDPA attention) against specdecode's small-rows path (`use_small_rows_path`: small-rows
 linears, row-exact attention), float32 and bfloat16, in one
 process (median of `--repeat`). Also the draft's cost per token in each configuration.
-Writes docs/results/verify_cost.{json,md}.
+Writes docs/results/NAME.{json,md} (`--name`, default verify_cost).
 
     python benchmarks/verify_cost.py --repeat 5
 """
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--target", default=str(MODELS / "qwen2.5-coder-1.5b-instruct"))
     ap.add_argument("--draft", default=str(MODELS / "qwen2.5-coder-0.5b-instruct"))
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--name", default="verify_cost", help="output file stem under docs/results/")
     args = ap.parse_args()
     tokenizer = load_tokenizer(args.target)
     text = "\n".join(task["prompt"] for task in list(read_problems().values())[:4])
@@ -56,7 +57,7 @@ def main() -> None:
         results[f"draft {dtype}"] = curve(args.draft, dtype, context, len(tokenizer), [1], args.repeat)
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "prefix_tokens": len(context)}
-    (OUT / "verify_cost.json").write_text(
+    (OUT / f"{args.name}.json").write_text(
         json.dumps({"settings": {**vars(args), **meta}, "results": results}, indent=1)
     )
     lines = [
@@ -74,7 +75,7 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         for name, row in results[f"draft {dtype}"].items():
             lines.append(f"| {dtype}, {name} | {row[1]:.0f} |")
-    (OUT / "verify_cost.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
