@@ -51,6 +51,21 @@ inline vec nibbles(const uint8_t* p) {  // 8 bytes -> lanes 0..7 low nibbles, 8.
   const __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, high));
   return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
 }
+#if defined(__AVX512BF16__)
+#define SPECDECODE_BF16_PAIRS 1  // the CPU's bfloat16 dot product: two inputs a step for bfloat16 rows
+using pairs = __m512bh;          // W pairs of bfloat16
+inline pairs vload_pairs(const uint16_t* p) {  // [2][W] bfloat16 (inputs i, i + 1) -> lane k: (w[i][k], w[i+1][k])
+  const __m512i lanes = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return (pairs)_mm512_permutexvar_epi16(lanes, _mm512_loadu_si512(p));
+}
+inline pairs vset_pair(const uint16_t* p) {  // (p[0], p[1]) in every lane
+  int32_t both;
+  std::memcpy(&both, p, 4);
+  return (pairs)_mm512_set1_epi32(both);
+}
+inline vec vdot(pairs a, pairs b, vec acc) { return _mm512_dpbf16_ps(acc, a, b); }  // acc + a.lo b.lo + a.hi b.hi
+#endif
 #else  // AVX2 + FMA
 constexpr int W = 8;
 constexpr int REGISTERS = 16;
