@@ -6,6 +6,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from specdecode.engine import SpeculativeDecoder
+from specdecode.fastlinear import describe_kernels
 from specdecode.policy import best_k, expected_speedup, measure_pass_costs, step_costs
 from specdecode.stats import DecodeStats
 
@@ -20,6 +21,7 @@ BUILTIN_PROMPTS = (
 @dataclass
 class CheckReport:
     proposer: str
+    kernels: str  # what computes the target's projections
     width: int  # guesses per depth: a tree's width, 1 for a chain
     target_ms: float  # one target pass over one token
     guess_ms: float  # the proposer's time for one depth (one draft pass; 0 for n-gram lookup)
@@ -39,6 +41,7 @@ class CheckReport:
         tree = f" ({self.width} wide: K is the depth, a step checks {self.width}K + 1 tokens)" if self.width > 1 else ""
         lines = [
             f"proposer: {self.proposer}{tree}",
+            f"target's kernels: {self.kernels}",
             f"target: {self.target_ms:.1f} ms per token; proposer: {self.guess_ms:.1f} ms per guess depth "
             f"(cost ratio {self.guess_ms / self.target_ms:.2f})",
             "verify cost, one target pass over n tokens (relative to n = 1):",
@@ -78,6 +81,7 @@ def run_check(
     k, speedup = best_k(alpha, guess_cost, steps)
     return CheckReport(
         proposer=proposer,
+        kernels=describe_kernels(dec.target.model),
         width=width,
         target_ms=curve[1],
         guess_ms=guess_ms,

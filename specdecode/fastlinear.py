@@ -5,9 +5,11 @@ memory, sets the cost; see docs/benchmarks.md). `small_rows_linear` (csrc/small_
 built on first use with the machine's compiler, AVX-512 or AVX2) reads the weights packed in panels
 of PW outputs (`pack`): one contiguous load gives PW outputs' weights for one input, widened to
 float32 in registers and multiplied by each row's input, so each weight is read once for all rows
-and the inputs stay in L1. `use_fast_linear(model)` routes every projection through it, for any
-number of rows (measured against PyTorch on the 1.5B model's shapes, 2 threads: bfloat16 3-4x
-faster from 8 rows on; float32 as fast up to 64 rows, 15-30% slower for a 200-token prefill).
+and the inputs stay in L1 (bfloat16 rows against bfloat16 weights, where the CPU has AVX512_BF16:
+two inputs a step through its bfloat16 dot product). `use_fast_linear(model)` routes every
+projection through it, for any number of rows (measured against PyTorch on the 1.5B model's shapes,
+2 threads: bfloat16 3-4x faster from 8 rows on; float32 as fast up to 64 rows, 15-30% slower for a
+200-token prefill).
 The packed weights replace the layer's own (a tied output projection keeps the embedding too); the
 parameters left (embeddings, norms) are copied out of the checkpoint's memory map (`_release_checkpoint`).
 """
@@ -97,6 +99,13 @@ def unpack(packed: torch.Tensor, scale: torch.Tensor | None, out: int) -> torch.
         return from_panels(q * per_input, out)
     matrix = from_panels(packed, out).float()
     return matrix if scale is None else matrix * scale[:out, None]
+
+
+def describe_kernels(model: nn.Module) -> str:
+    """What computes `model`'s projections: the small-rows kernels (with their instruction set) or PyTorch's."""
+    if any(isinstance(m, FastLinear) for m in model.modules()):
+        return f"small-rows ({extension().instruction_set()})"
+    return "stock (PyTorch's)"
 
 
 class FastLinear(nn.Module):

@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 
 from specdecode import cli
+from specdecode.kernels import extension
 
 
 class _Stdin(io.StringIO):
@@ -99,6 +100,7 @@ def test_check_recommends_a_k(model_dirs, proposer):
     assert set(report["verify_ms"]) >= {str(widths[proposer] * k + 1) for k in range(4)}
     assert 0.0 <= report["acceptance_rate"] <= 1.0
     assert (report["guess_ms"] == 0.0) == (proposer == "ngram")
+    assert report["kernels"].startswith("small-rows (AVX" if extension() else "stock")
 
 
 @pytest.mark.parametrize("command", ["generate", "serve"])

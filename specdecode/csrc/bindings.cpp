@@ -11,6 +11,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_rows_linear", &small_rows_linear, "few-row projection through panel-packed weights", release());
   m.def("panel_width", &panel_width, "outputs per weight panel");
   m.def("vector_width", &vector_width, "floats per vector register");
+  m.def("instruction_set", &instruction_set, "the vector instructions the kernels use");
   m.def("row_attention", &row_attention, "attention, each query against its visible keys only", release());
   using specdecode::Decoder;
   pybind11::class_<Decoder>(m, "Decoder", "a Llama-family decoder with its own KV cache")

@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <string>
+
 at::Tensor small_rows_linear(at::Tensor x, at::Tensor weight, int64_t out, c10::optional<at::Tensor> bias,
                              c10::optional<at::Tensor> scale);
 at::Tensor row_attention(at::Tensor query, at::Tensor key, at::Tensor value, c10::optional<at::Tensor> see,
@@ -11,3 +13,4 @@ void attend_rows(const float* query, const float* key, const float* value, int64
                  float* out);
 int64_t panel_width();
 int64_t vector_width();
+std::string instruction_set();  // the vector instructions it was built for
