@@ -5,7 +5,7 @@ Loads the Qwen2.5-Coder 1.5B/0.5B pair with PyTorch's kernels (float32 and bfloa
 specdecode's small-rows path (bfloat16; the draft also in int8 and int4). Per HumanEval prompt
 (greedy, `--max-new-tokens`, EOS ignored), in one process:
   target-only: float32 stock, bfloat16 stock, bfloat16 small-rows (specdecode K=0 each);
-  `transformers` assisted generation, float32 stock (the configuration of core_speed.py);
+  `transformers` assisted generation, float32 and bfloat16 stock (float32: core_speed.py's configuration);
   specdecode, bfloat16 target and draft, small-rows kernels, at each K and with K="auto";
   the same with the draft's weights in int8 and in int4 (`--draft-quantization int8|int4`), through
   the draft's PyTorch modules, and with int8 through the compiled draft decoder (`--draft-decoder compiled`,
@@ -78,8 +78,8 @@ def main() -> None:
         r = dec.generate(ids, args.max_new_tokens, num_speculative_tokens=k, ignore_eos=True)
         return {"wall_s": r.stats.wall_s, "token_ids": r.token_ids, **r.stats.to_dict()}
 
-    def assisted(ids: list[int]) -> dict:
-        dec = decs["float32 stock"]
+    def assisted(dtype: str, ids: list[int]) -> dict:
+        dec = decs[f"{dtype} stock"]
         start = time.perf_counter()
         out = dec.target.model.generate(
             torch.tensor([ids]), generation_config=greedy, assistant_model=dec.proposer.draft.model
@@ -89,11 +89,12 @@ def main() -> None:
     warm = tokenizer.encode(prompts[0])
     for name in decs:  # warm-up, and the auto policy's one-time cost calibration
         ours(name, warm, "auto")
-    methods: dict[str, tuple | None] = {  # name -> (decoder, K); None: assisted generation
+    methods: dict[str, tuple | str] = {  # name -> (decoder, K), or a dtype: assisted generation
         BASELINES[0]: ("float32 stock", 0),
         BASELINES[1]: ("bfloat16 stock", 0),
         BASELINES[2]: ("bfloat16", 0),
-        "transformers assisted float32 stock": None,
+        "transformers assisted float32 stock": "float32",
+        "transformers assisted bfloat16 stock": "bfloat16",
     }
     methods |= {f"specdecode bfloat16 small-rows K={k}": ("bfloat16", k) for k in ks}
     for draft_name, _, _ in DRAFTS:
@@ -105,7 +106,7 @@ def main() -> None:
         chosen = [(m, spec) for m, spec in methods.items() if m in BASELINES or re.search(args.only, m)]
         turn = i % len(chosen)
         done = {
-            m: assisted(ids) if spec is None else ours(spec[0], ids, spec[1])
+            m: assisted(spec, ids) if isinstance(spec, str) else ours(spec[0], ids, spec[1])
             for m, spec in chosen[turn:] + chosen[:turn]
         }
         row = {m: done[m] for m, _ in chosen}
@@ -125,9 +126,9 @@ def main() -> None:
         f"{cpu_name()}, torch {torch.__version__} ({torch.get_num_threads()} threads); {len(prompts)} HumanEval "
         f"prompts, {args.max_new_tokens} new tokens, greedy. Speedup against the fastest target-only run per prompt.",
         "",
-        "| method | tok/s | speedup (median, min-max) | same as own target-only | acceptance | mean acc. length "
-        "| ms per step: draft / verify / other |",
-        "|---|---|---|---|---|---|---|",
+        "| method | tok/s | speedup (median, min-max) | same as own target-only | first token, s | acceptance "
+        "| mean acc. length | ms per step: draft / verify / other |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     summary = {}
     for m in runs[0]["methods"]:
@@ -139,6 +140,9 @@ def main() -> None:
             "speedup_max": max(r["speedup"] for r in rs),
             "identical": sum(r["identical_to_own_target_only"] for r in rs),
         }
+        if "first_token_s" in rs[0]:  # the prompt's pass (both models' for specdecode) and the first token
+            s["first_token_s"] = statistics.median(r["first_token_s"] for r in rs)
+        first = f"{s['first_token_s']:.2f}" if "first_token_s" in s else "-"
         cells = "- | - | -"
         if "target_passes" in rs[0] and rs[0]["drafted"]:
             per_step = [
@@ -158,7 +162,7 @@ def main() -> None:
             cells = f"{s['acceptance_rate']:.1%} | {s['mean_acceptance_length']:.2f} | {d:.0f} / {v:.0f} / {o:.1f}"
         lines.append(
             f"| {m} | {s['tokens_per_s']:.2f} | {s['speedup']:.2f}x ({s['speedup_min']:.2f}-{s['speedup_max']:.2f}) "
-            f"| {s['identical']}/{len(prompts)} | {cells} |"
+            f"| {s['identical']}/{len(prompts)} | {first} | {cells} |"
         )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(

