@@ -1,13 +1,16 @@
 """The compiled draft decoder (csrc/decoder.cpp): the same logits as the model's modules, its own KV
 cache through every CachedModel operation, and a speculative output that stays the target's."""
 
+import copy
+import functools
+
 import pytest
 import torch
 from tiny_models import make_model, make_tokenizer
 
 from specdecode import SpeculativeDecoder
 from specdecode.compiled_decoder import attach, unsupported
-from specdecode.fastlinear import use_small_rows_path
+from specdecode.fastlinear import FastLinear, extension, unpack, use_small_rows_path
 from specdecode.kv import CachedModel
 
 
@@ -53,6 +56,35 @@ def test_compiled_decoder_matches_the_modules(arch):
     for cache in (modules, compiled):
         cache.rollback(0)
     _close(modules.forward(prompt[:5], 1), compiled.forward(prompt[:5], 1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "quantization, atol",  # int8: the kernel scales the sum, the reference the weights; a last-bit difference
+    [("none", 1e-4), ("int8", 5e-2)],  # can flip one input's bfloat16 rounding a layer later
+)
+def test_bfloat16_and_int8_weights_take_bfloat16_rows_where_the_cpu_has_the_dot_product(arch, quantization, atol):
+    """With bfloat16 or int8 weights the decoder hands its projections bfloat16 rows where the CPU has the
+    bfloat16 dot product (float32 rows elsewhere): it computes what float32 modules holding the same weights
+    compute when their projections' inputs are rounded the same way."""
+    tokenizer = make_tokenizer()
+    model = make_model(arch, len(tokenizer), 0, layers=2, dtype=torch.bfloat16, init_range=0.3)
+    reference = copy.deepcopy(model).float()
+    use_small_rows_path(model, quantization)
+    rounds = extension().bfloat16_pairs()
+    for name, module in model.named_modules():
+        if isinstance(module, FastLinear):
+            linear = reference.get_submodule(name)
+            linear.weight.data.copy_(unpack(module.weight, module.scale, module.out_features))
+            if rounds:
+                linear.register_forward_pre_hook(lambda _, args: (args[0].bfloat16().float(),))
+    assert attach(model)
+    modules, compiled = CachedModel(reference, len(tokenizer)), CachedModel(model, len(tokenizer))
+    prompt = list(range(3, 40))
+    close = functools.partial(torch.testing.assert_close, atol=atol, rtol=1e-4)
+    close(compiled.forward(prompt, num_logits=4), modules.forward(prompt, num_logits=4))
+    for token in (5, 6, 7):
+        close(compiled.forward([token], 1), modules.forward([token], 1))
 
 
 def test_the_cache_grows_past_its_first_capacity():

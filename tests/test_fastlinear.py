@@ -123,6 +123,11 @@ def test_int8_weights_match_their_dequantised_matrix():
     torch.testing.assert_close(dense, q.float() * scale[:, None])
     x = torch.randn(5, 80, generator=g)
     torch.testing.assert_close(small_rows_linear(x, packed, 64, None, packed_scale), F.linear(x, dense))
+    for rows in (1, 5, 40):  # bfloat16 rows: the bfloat16 dot product where the CPU has it (int8 exact in bfloat16)
+        x = torch.randn(rows, 80, generator=g).bfloat16()
+        got = small_rows_linear(x, packed, 64, None, packed_scale)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), F.linear(x.float(), dense), rtol=1e-2, atol=1e-2 * 80**0.5)
 
 
 def test_int4_weights_match_their_dequantised_matrix():

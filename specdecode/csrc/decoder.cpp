@@ -1,6 +1,7 @@
 // A Llama-family decoder (Llama, Qwen2, Mistral: RMSNorm, rotary positions, grouped-query attention, SiLU-gated
-// MLP) run from C++ in float32 activations, for a draft model: a PyTorch forward pass spends about a
-// millisecond a layer launching its small operations, as much as a small draft's int8 weights take to read.
+// MLP) run from C++ in float32 activations (rounded to bfloat16 only as a projection's input, where the CPU has
+// the bfloat16 dot product), for a draft model: a PyTorch forward pass spends about a millisecond a layer
+// launching its small operations, as much as a small draft's int8 weights take to read.
 // Projections go through small_rows_linear, attention through attend_rows; the KV cache is the decoder's own.
 #include "decoder.h"
 
@@ -92,8 +93,12 @@ void Decoder::add_layer(at::Tensor input_norm, at::Tensor post_norm) {
   values_.emplace_back();
 }
 
+// Where the CPU has the bfloat16 dot product, the rows meet bfloat16 and int8 weights in bfloat16: a 118-token
+// prompt's pass of Qwen2.5-Coder-0.5B with int8 weights 1.3-1.5x faster, one row as fast. Results stay float32.
 at::Tensor Decoder::project(const Projection& p, const at::Tensor& x) const {
-  return small_rows_linear(x, p.weight, p.out, p.bias, p.scale);
+  const auto type = p.weight.scalar_type();
+  const bool pairs = bfloat16_pairs() && (type == at::kBFloat16 || type == at::kChar);
+  return small_rows_linear(pairs ? x.to(at::kBFloat16) : x, p.weight, p.out, p.bias, p.scale, true);
 }
 
 void Decoder::reserve(int64_t total) {

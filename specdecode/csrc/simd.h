@@ -64,6 +64,11 @@ inline pairs vset_pair(const uint16_t* p) {  // (p[0], p[1]) in every lane
   std::memcpy(&both, p, 4);
   return (pairs)_mm512_set1_epi32(both);
 }
+inline pairs vpair(vec a, vec b) {  // lane k: (a[k], b[k]) rounded to bfloat16 (exact for small integers)
+  const __m512i lanes = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return (pairs)_mm512_permutexvar_epi16(lanes, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+}
 inline vec vdot(pairs a, pairs b, vec acc) { return _mm512_dpbf16_ps(acc, a, b); }  // acc + a.lo b.lo + a.hi b.hi
 #endif
 #else  // AVX2 + FMA
