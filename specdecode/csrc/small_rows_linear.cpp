@@ -6,10 +6,10 @@
 // costs about one read of the weights, like decoding one token.
 // Output o of row r is sum_i x[r, i] * w[o, i], accumulated in i order by one fused multiply-add per i
 // (bfloat16 rows against bfloat16 or int8 weights on a CPU with AVX512_BF16: one dot-product instruction
-// per pair of inputs, int8 weights widened exactly to bfloat16), whatever n and whatever the blocking: verifying n tokens gives bit-identical projections to decoding
-// them one at a time. The pair instruction halves the arithmetic of many-row passes (a 118-token prefill's
-// projections 1.8x faster on an AMD EPYC with bfloat16 weights, 1.45x with int8; one row, bound by reading the
-// weights, unchanged).
+// per pair of inputs, int8 weights widened exactly to bfloat16), whatever n and whatever the blocking:
+// verifying n tokens gives bit-identical projections to decoding them one at a time. The pair instruction
+// halves the arithmetic of many-row passes (a 118-token prefill's projections 1.8x faster on an AMD EPYC with
+// bfloat16 weights, 1.45x with int8; one row, bound by reading the weights, unchanged).
 // A tile streams NP panels at once (NP separate runs of memory): with 512-bit vectors a panel is one vector
 // wide, so that even 8 rows' tile (24 accumulators) reads 3 streams; one 3-vector panel a tile, its own
 // single stream, made 8-row passes 3-20% slower (measured on Qwen2.5-1.5B's shapes, 2 threads).
@@ -39,9 +39,9 @@ struct OneInput {
   static vec madd(vec x, vec w, vec acc) { return vfma(x, w, acc); }
 };
 
-// Dense panels [panels, in, PW] of T.
-template <typename T>
-struct Dense : OneInput {
+// Dense panels [panels, in, PW] of T, taken Step's way.
+template <typename T, typename Step = OneInput>
+struct Dense : Step {
   const T* w;
   int64_t in;
   static constexpr double BYTES_PER_WEIGHT = sizeof(T);
@@ -64,29 +64,28 @@ struct Int4 : OneInput {
 };
 
 #ifdef SPECDECODE_BF16_PAIRS
-// bfloat16 panels against bfloat16 rows, two inputs a step by the CPU's bfloat16 dot product: each output adds
+// Two inputs a step by the CPU's bfloat16 dot product, against bfloat16 rows: each output adds
 // x[i] w[i] + x[i+1] w[i+1] (exact products) in one instruction, pair after pair, the same for every row.
-struct Bf16Pairs : Dense<uint16_t> {
+struct TwoInputs {
   using input = uint16_t;
   using operand = pairs;
   static constexpr int STEP = 2;
-  static_assert(PANEL_VECTORS == 1, "a panel's inputs i and i + 1 must be one vector's load");
-  operand load(int64_t p, int64_t i, int) const { return vload_pairs(w + (p * in + i) * PW); }
+  static_assert(PANEL_VECTORS == 1, "a panel's inputs i and i + 1 must be adjacent vectors");
   static operand broadcast(const uint16_t* x) { return vset_pair(x); }
   static vec madd(operand x, operand w, vec acc) { return vdot(x, w, acc); }
 };
 
-// int8 panels against bfloat16 rows, as bfloat16 pairs (int8 values are exact in bfloat16).
-struct Int8Pairs : Dense<int8_t> {
-  using input = uint16_t;
-  using operand = pairs;
-  static constexpr int STEP = 2;
+// bfloat16 panels, the two inputs' weights interleaved by one permute.
+struct Bf16Pairs : Dense<uint16_t, TwoInputs> {
+  operand load(int64_t p, int64_t i, int) const { return vload_pairs(w + (p * in + i) * PW); }
+};
+
+// int8 panels, widened and rounded to bfloat16 pairs (int8 values are exact in bfloat16).
+struct Int8Pairs : Dense<int8_t, TwoInputs> {
   operand load(int64_t p, int64_t i, int) const {
     const int8_t* at = w + (p * in + i) * PW;
     return vpair(vload(at), vload(at + PW));
   }
-  static operand broadcast(const uint16_t* x) { return vset_pair(x); }
-  static vec madd(operand x, operand w, vec acc) { return vdot(x, w, acc); }
 };
 #endif
 
