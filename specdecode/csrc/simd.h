@@ -54,10 +54,13 @@ inline vec nibbles(const uint8_t* p) {  // 8 bytes -> lanes 0..7 low nibbles, 8.
 #if defined(__AVX512BF16__)
 #define SPECDECODE_BF16_PAIRS 1  // the CPU's bfloat16 dot product: two inputs a step for bfloat16 rows
 using pairs = __m512bh;          // W pairs of bfloat16
-inline pairs vload_pairs(const uint16_t* p) {  // [2][W] bfloat16 (inputs i, i + 1) -> lane k: (w[i][k], w[i+1][k])
+inline pairs interleave(__m512i halves) {  // [2][W] 16-bit values -> lane k: (halves[0][k], halves[1][k])
   const __m512i lanes = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                          21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  return (pairs)_mm512_permutexvar_epi16(lanes, _mm512_loadu_si512(p));
+  return (pairs)_mm512_permutexvar_epi16(lanes, halves);
+}
+inline pairs vload_pairs(const uint16_t* p) {  // [2][W] bfloat16 (inputs i, i + 1) -> lane k: (w[i][k], w[i+1][k])
+  return interleave(_mm512_loadu_si512(p));
 }
 inline pairs vset_pair(const uint16_t* p) {  // (p[0], p[1]) in every lane
   int32_t both;
@@ -65,9 +68,7 @@ inline pairs vset_pair(const uint16_t* p) {  // (p[0], p[1]) in every lane
   return (pairs)_mm512_set1_epi32(both);
 }
 inline pairs vpair(vec a, vec b) {  // lane k: (a[k], b[k]) rounded to bfloat16 (exact for small integers)
-  const __m512i lanes = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  return (pairs)_mm512_permutexvar_epi16(lanes, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+  return interleave((__m512i)_mm512_cvtne2ps_pbh(b, a));
 }
 inline vec vdot(pairs a, pairs b, vec acc) { return _mm512_dpbf16_ps(acc, a, b); }  // acc + a.lo b.lo + a.hi b.hi
 #endif
