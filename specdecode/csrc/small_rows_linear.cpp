@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -86,6 +87,18 @@ struct Int8Pairs : Dense<int8_t, TwoInputs> {
     const int8_t* at = w + (p * in + i) * PW;
     return vpair(vload(at), vload(at + PW));
   }
+};
+
+// The pair kernel for dense panels of T.
+template <typename T>
+struct PairsOf;
+template <>
+struct PairsOf<uint16_t> {
+  using type = Bf16Pairs;
+};
+template <>
+struct PairsOf<int8_t> {
+  using type = Int8Pairs;
 };
 #endif
 
@@ -242,42 +255,32 @@ at::Tensor small_rows_linear(at::Tensor x, at::Tensor weight, int64_t out, c10::
   // the result in x's dtype straight from the kernel when it is bfloat16 (rounded as Tensor.to rounds)
   const bool bf16_result = x.scalar_type() == at::kBFloat16 && !float_result;
   auto y = at::empty({n, out}, x.options().dtype(bf16_result ? at::kBFloat16 : at::kFloat));
-#ifdef SPECDECODE_BF16_PAIRS
-  const bool pairs = (weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kChar) &&
+  const bool pairs = bfloat16_pairs() && (weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kChar) &&
                      x.scalar_type() == at::kBFloat16 && in % 2 == 0;
-#else
-  const bool pairs = false;
-#endif
   const auto rows = pairs ? x.contiguous() : x.to(at::kFloat).contiguous();  // pairs: bfloat16 rows as they are
   const float* xp = pairs ? nullptr : rows.data_ptr<float>();
   auto run = [&](auto* yp) {
+    // dense panels of T: two inputs a step against bfloat16 rows where `pairs`, else one against float32 rows
+    auto dense = [&](const auto* w) {
+      using T = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+#ifdef SPECDECODE_BF16_PAIRS
+      if constexpr (!std::is_same_v<T, float>)
+        if (pairs)
+          return panels_kernel(n, reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>()),
+                               typename PairsOf<T>::type{{{}, w, in}}, s, b, yp, in, out);
+#endif
+      panels_kernel(n, xp, Dense<T>{{}, w, in}, s, b, yp, in, out);
+    };
     switch (weight.scalar_type()) {
       case at::kBFloat16:
-#ifdef SPECDECODE_BF16_PAIRS
-        if (pairs) {
-          panels_kernel(n, reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>()),
-                        Bf16Pairs{{{}, reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in}}, s, b,
-                        yp, in, out);
-          break;
-        }
-#endif
-        panels_kernel(n, xp,
-                      Dense<uint16_t>{{}, reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()), in}, s,
-                      b, yp, in, out);
+        dense(reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()));
         break;
       case at::kFloat:
-        panels_kernel(n, xp, Dense<float>{{}, weight.data_ptr<float>(), in}, s, b, yp, in, out);
+        dense(weight.data_ptr<float>());
         break;
       case at::kChar:
         TORCH_CHECK(s != nullptr && sf.numel() == weight.size(0) * PW, "int8 weights need a scale per output");
-#ifdef SPECDECODE_BF16_PAIRS
-        if (pairs) {
-          panels_kernel(n, reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>()),
-                        Int8Pairs{{{}, weight.data_ptr<int8_t>(), in}}, s, b, yp, in, out);
-          break;
-        }
-#endif
-        panels_kernel(n, xp, Dense<int8_t>{{}, weight.data_ptr<int8_t>(), in}, s, b, yp, in, out);
+        dense(weight.data_ptr<int8_t>());
         break;
       case at::kByte:
         TORCH_CHECK(in % INT4_GROUP == 0, "int4 weights need in_features divisible by ", INT4_GROUP);
