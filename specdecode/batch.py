@@ -198,11 +198,39 @@ def generate_batch(
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not prompts:
         raise ValueError("the batch has no prompts")
-    batch = BatchDecoder(dec, num_speculative_tokens)
     encoded = [dec.encode(prompt) for prompt in prompts]
     for ids in encoded:  # every prompt checked before any work
         dec.check_request(len(ids), max_new_tokens, num_speculative_tokens)
+    if dec.target.decoder is not None:  # a compiled target's cache holds one sequence: rows one after another
+        return _one_at_a_time(dec, encoded, max_new_tokens, num_speculative_tokens, sampling, ignore_eos, n)
+    batch = BatchDecoder(dec, num_speculative_tokens)
     for p, ids in enumerate(encoded):
         seed = None if sampling.seed is None else sampling.seed + p * n
         batch.add(ids, max_new_tokens, replace(sampling, seed=seed), ignore_eos, copies=n, index=p * n)
     return batch.run()
+
+
+def _one_at_a_time(
+    dec: SpeculativeDecoder,
+    encoded: list[list[int]],
+    max_new_tokens: int,
+    num_speculative_tokens: int,
+    sampling: SamplingParams,
+    ignore_eos: bool,
+    n: int,
+) -> BatchResult:
+    """The batch's rows decoded alone in order (row p * n + c seeded seed + p * n + c), as a BatchResult."""
+    start = time.perf_counter()
+    results = BatchResult()
+    for p, ids in enumerate(encoded):
+        for c in range(n):
+            seed = None if sampling.seed is None else sampling.seed + p * n + c
+            results.append(
+                dec.generate(ids, max_new_tokens, num_speculative_tokens, replace(sampling, seed=seed), ignore_eos)
+            )
+    total = DecodeStats()
+    for row in results:
+        total.add(row.stats)
+    total.wall_s = time.perf_counter() - start
+    results.stats, results.batched_passes = total, total.target_passes
+    return results

@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from specdecode.engine import DRAFT_DECODERS, KERNELS, PROPOSERS, SpeculativeDecoder
+from specdecode.engine import DRAFT_DECODERS, GGUF_MODES, KERNELS, PROPOSERS, TARGET_DECODERS, SpeculativeDecoder
 from specdecode.fastlinear import QUANTIZATIONS
 from specdecode.loading import DTYPES, IncompatibleModelsError, ModelLoadError
 from specdecode.sampling import NonFiniteLogitsError, SamplingParams
@@ -50,6 +50,27 @@ def _add_load_args(p: argparse.ArgumentParser, target_required: bool = True) -> 
     p.add_argument("--draft-layers", type=int, help="use the target's first N layers as the draft")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--draft-dtype", choices=list(DTYPES), help="draft weights dtype (default: --dtype)")
+    p.add_argument(
+        "--quantization",
+        default="none",
+        choices=QUANTIZATIONS,
+        help="the target's weights quantized at load (int8 per row, int4 in groups of 32) on the small-rows "
+        "kernels: a different, smaller model, decoded exactly (default none)",
+    )
+    p.add_argument(
+        "--gguf",
+        default="auto",
+        choices=GGUF_MODES,
+        help="blocks: a .gguf file's quantized weights computed in their own blocks (none re-quantized; "
+        "Llama and Qwen2), dequantize: to --dtype; auto (default): blocks on the small-rows path",
+    )
+    p.add_argument(
+        "--target-decoder",
+        default="auto",
+        choices=TARGET_DECODERS,
+        help="compiled: the target's layers run from C++; modules: through PyTorch modules; auto (default): "
+        "compiled for GGUF blocks and quantized targets",
+    )
     p.add_argument(
         "--draft-quantization",
         default="auto",
@@ -229,6 +250,9 @@ def _load(args: argparse.Namespace) -> SpeculativeDecoder:
         draft_layers=args.draft_layers,
         device=args.device,
         kernels=args.kernels,
+        quantization=args.quantization,
+        gguf=args.gguf,
+        target_decoder=args.target_decoder,
         draft_quantization=args.draft_quantization,
         draft_decoder=args.draft_decoder,
         proposer=args.proposer,

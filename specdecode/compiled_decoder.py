@@ -1,24 +1,30 @@
-"""A draft model's forward pass run from C++ (`csrc/decoder.cpp`), for Llama-family models.
+"""A model's forward pass run from C++ (`csrc/decoder.cpp`), for Llama-family models.
 
-Why: on a CPU a small draft spends as long launching PyTorch's small operations as reading its
+Why: on a CPU a small model spends as long launching PyTorch's small operations as reading its
 weights (the 0.5B Qwen2.5 draft with int8 weights: about 23 of 55 ms a token outside the
 projections, a millisecond a layer of norms, rotary positions, cache concatenation and dtype
 copies). The compiled decoder runs the same layers (RMSNorm, rotary positions, grouped-query
 attention, SiLU-gated MLP) in one call, in float32 activations, through the same small-rows
 projections and row attention, with its own KV cache.
 
-It is used for drafts only: it rounds differently from the model's own forward pass (float32
-activations), which changes which guesses are made, never the output, as every guess is checked by
-the target. `CachedModel` runs a model through it when `attach` has given the model one.
+It rounds differently from the model's own forward pass (float32 activations). For a draft that changes
+which guesses are made, never the output. A target run through it (GGUF blocks, quantized targets) is
+decoded by it alone, prompt, verify passes and one-token steps alike, and each token's row is computed
+the same way whatever else the pass holds (small-rows and block kernels, row attention, per-row norms),
+so greedy speculative output equals its target-only output. Batches of such a target decode their rows
+one after another (`specdecode.batch`). `CachedModel` runs a model through it when `attach` has given
+the model one.
 """
 
 from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from specdecode.fastlinear import FastLinear
+from specdecode.gguf_blocks import BlockEmbedding, BlockLinear
 from specdecode.kernels import extension
 
 log = logging.getLogger(__name__)
@@ -51,8 +57,8 @@ def unsupported(model: nn.Module) -> str | None:
         )
         for name in names.split()
     ]
-    if not all(isinstance(linear, FastLinear) for linear in linears):
-        return "projections not on the small-rows kernel"
+    if not all(isinstance(linear, (FastLinear, BlockLinear)) for linear in linears):
+        return "projections not on the small-rows or block kernels"
     return None
 
 
@@ -60,8 +66,9 @@ def build(model: nn.Module):
     """A new compiled decoder (empty KV cache) sharing `model`'s weights."""
     config, core = model.config, model.model
     attention = core.layers[0].self_attn
+    embed = core.embed_tokens
     decoder = extension().Decoder(
-        core.embed_tokens.weight.detach(),
+        embed.weight.detach() if isinstance(embed, nn.Embedding) else torch.empty(0),
         core.norm.weight.detach(),
         core.rotary_emb.inv_freq,
         float(core.rotary_emb.attention_scaling),
@@ -71,21 +78,29 @@ def build(model: nn.Module):
         float(attention.scaling),
         float(core.norm.variance_epsilon),
     )
+    if isinstance(embed, BlockEmbedding):
+        decoder.set_block_embedding(embed.blocks)
+
+    def add(linear: nn.Module) -> None:
+        if isinstance(linear, BlockLinear):
+            decoder.add_block_projection(linear.blocks, linear.bias)
+        else:
+            decoder.add_projection(linear.weight, linear.bias, linear.scale, linear.out_features)
+
     for layer in core.layers:
         attn, mlp = layer.self_attn, layer.mlp
         for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-            decoder.add_projection(linear.weight, linear.bias, linear.scale, linear.out_features)
+            add(linear)
         decoder.add_layer(layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach())
-    head = model.lm_head
-    decoder.add_projection(head.weight, head.bias, head.scale, head.out_features)
+    add(model.lm_head)
     return decoder
 
 
 def attach(model: nn.Module) -> bool:
-    """Give `model` (a draft on the small-rows kernels) the compiled decoder if it can run it; whether it did."""
+    """Give `model` (on the small-rows or block kernels) the compiled decoder if it can run it; whether it did."""
     reason = unsupported(model)
     if reason is not None:
-        log.info("draft runs through PyTorch modules: the compiled decoder does not support %s", reason)
+        log.info("model runs through PyTorch modules: the compiled decoder does not support %s", reason)
         return False
     setattr(model, FACTORY, lambda: build(model))
     return True

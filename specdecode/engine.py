@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from specdecode import compiled_decoder
 from specdecode.acceptance import accept_greedy, accept_sampled, accept_tree_greedy, accept_tree_sampled
 from specdecode.fastlinear import QUANTIZATIONS, use_small_rows_path
+from specdecode.gguf_blocks import has_blocks
 from specdecode.kv import CachedModel
 from specdecode.loading import (
     IncompatibleModelsError,
@@ -103,9 +105,12 @@ def is_batch(prompt) -> bool:
     )
 
 
+log = logging.getLogger(__name__)
 PROPOSERS = ("draft", "ngram", "tree", "ngram+draft")
 KERNELS = ("auto", "small-rows", "stock")
 DRAFT_DECODERS = ("compiled", "modules")
+TARGET_DECODERS = ("auto", "compiled", "modules")
+GGUF_MODES = ("auto", "blocks", "dequantize")
 # end to end, Qwen2.5-Coder pair, first small-rows kernel: 1.37x vs 1.24x bf16, 1.38x vs 1.27x int4;
 # compiled 0.5B draft, one guess: int8 26.5 ms, int4 43 ms, bf16 46 ms (docs/benchmarks.md)
 AUTO_DRAFT_QUANTIZATION = "int8"
@@ -192,6 +197,9 @@ class SpeculativeDecoder:
         draft_layers: int | None = None,
         device: str = "cpu",
         kernels: str = "auto",
+        quantization: str = "none",
+        gguf: str = "auto",
+        target_decoder: str = "auto",
         draft_quantization: str = "auto",
         draft_decoder: str = "compiled",
         **options,
@@ -201,6 +209,15 @@ class SpeculativeDecoder:
         `draft_layers=N` (instead of `draft`) makes the draft from the target's first N layers.
         `kernels`: "auto" (the default: on a CPU, the small-rows verification path of
         `specdecode.fastlinear` when it builds here, else PyTorch's), "small-rows" or "stock".
+        `quantization`: "none" (default), "int8" (per output row) or "int4" (groups of 32): the target's
+        projection weights quantized at load, on the small-rows kernels. This changes the model: the output
+        is the quantized model's (exactly, as always), not the original's.
+        `gguf`: "auto" (the default: "blocks" on the small-rows path, else "dequantize"), "blocks" (a .gguf
+        file's quantized weights computed in their own blocks, none re-quantized: `specdecode.gguf_blocks`;
+        Llama and Qwen2 architectures) or "dequantize" (to `dtype`).
+        `target_decoder`: "auto" (the default: "compiled" for a target in GGUF blocks or quantized,
+        "modules" otherwise), "compiled" (the target's layers run from C++, `specdecode.compiled_decoder`;
+        a verify pass still gives each token the bits of one-token decoding) or "modules".
         `draft_quantization`: "none", "int8", "int4", or "auto" (the default: `AUTO_DRAFT_QUANTIZATION`,
         the fastest measured here, where the draft runs on the small-rows kernels with float32 or
         bfloat16 weights; else unquantized).
@@ -209,14 +226,20 @@ class SpeculativeDecoder:
         modules) or "modules".
         Other keyword arguments (`proposer`, `ngram_max`, `ngram_min`, `tree_width`) go to the constructor.
         """
-        if kernels not in KERNELS:
-            raise ValueError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
-        if draft_decoder not in DRAFT_DECODERS:
-            raise ValueError(f"unknown draft_decoder {draft_decoder!r}; choose one of {', '.join(DRAFT_DECODERS)}")
-        if draft_quantization not in ("auto", *QUANTIZATIONS):
-            choices = ", ".join(("auto", *QUANTIZATIONS))
-            raise ValueError(f"draft_quantization must be one of {choices}, got {draft_quantization!r}")
-        target_model = load_model(target, dtype, device)
+        choices = {
+            "kernels": (kernels, KERNELS),
+            "draft_decoder": (draft_decoder, DRAFT_DECODERS),
+            "target_decoder": (target_decoder, TARGET_DECODERS),
+            "gguf": (gguf, GGUF_MODES),
+            "quantization": (quantization, QUANTIZATIONS),
+            "draft_quantization": (draft_quantization, ("auto", *QUANTIZATIONS)),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        fast = kernels == "small-rows" or kernels == "auto" and device == "cpu"
+        blocks = gguf == "blocks" or gguf == "auto" and fast
+        target_model = load_model(target, dtype, device, gguf_blocks=blocks)
         tokenizer = load_tokenizer(target)
         if draft is not None and draft_layers is not None:
             raise ValueError("pass either a draft model or draft_layers, not both")
@@ -224,24 +247,31 @@ class SpeculativeDecoder:
         if draft_layers is not None:
             draft_model = first_layers(target_model, draft_layers)
         elif draft is not None:
-            draft_model, draft_tokenizer = load_model(draft, draft_dtype or dtype, device), load_tokenizer(draft)
+            draft_model = load_model(draft, draft_dtype or dtype, device, gguf_blocks=blocks)
+            draft_tokenizer = load_tokenizer(draft)
         else:
             draft_model = None
-        fast = kernels == "small-rows" or kernels == "auto" and target_model.device.type == "cpu"
+        fast = fast and target_model.device.type == "cpu"
         chosen = draft_quantization != "auto"
         if not chosen:
             draft_quantization = AUTO_DRAFT_QUANTIZATION if fast and draft_model is not None else "none"
         quantized = draft_quantization != "none"
         if chosen and quantized and draft_model is None:
             raise ValueError(f"draft_quantization={draft_quantization!r} needs a draft model")
-        if fast:
-            use_small_rows_path(target_model)
+        if quantization != "none" and not fast:
+            raise ValueError(f"quantization={quantization!r} needs the small-rows kernels (kernels='small-rows')")
+        if fast and use_small_rows_path(target_model, quantization) == 0 and quantization != "none":
+            raise RuntimeError(f"a {quantization} target needs the small-rows kernel; it cannot be built here")
         use_draft_path = draft_model is not None and (fast or quantized)
         replaced = use_small_rows_path(draft_model, draft_quantization) if use_draft_path else 0
-        if chosen and quantized and replaced == 0:
+        if chosen and quantized and replaced == 0 and not has_blocks(draft_model):
             raise RuntimeError(f"a {draft_quantization} draft needs the small-rows kernel; it cannot be built here")
-        if replaced and draft_decoder == "compiled":
+        if (replaced or has_blocks(draft_model)) and draft_decoder == "compiled":
             compiled_decoder.attach(draft_model)
+        if target_decoder == "auto":
+            target_decoder = "compiled" if has_blocks(target_model) or quantization != "none" else "modules"
+        if target_decoder == "compiled" and not compiled_decoder.attach(target_model):
+            log.warning("the target runs through its modules: %s", compiled_decoder.unsupported(target_model))
         return cls(target_model, draft_model, tokenizer, draft_tokenizer=draft_tokenizer, **options)
 
     # -- public API ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 SOURCES = [
     Path(__file__).parent / "csrc" / name
-    for name in ("small_rows_linear.cpp", "row_attention.cpp", "decoder.cpp", "bindings.cpp")
+    for name in ("small_rows_linear.cpp", "block_linear.cpp", "row_attention.cpp", "decoder.cpp", "bindings.cpp")
 ]
 
 

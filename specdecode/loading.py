@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+log = logging.getLogger(__name__)
 DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",
     "float32": torch.float32,
@@ -62,8 +64,23 @@ def _load(loader, source: str, what: str, **kwargs):
         ) from err
 
 
-def load_model(source: str, dtype: str | torch.dtype = "auto", device: str = "cpu") -> PreTrainedModel:
-    """A causal LM in eval mode from a hub id, a local folder or a .gguf file."""
+def load_model(
+    source: str, dtype: str | torch.dtype = "auto", device: str = "cpu", gguf_blocks: bool = False
+) -> PreTrainedModel:
+    """A causal LM in eval mode from a hub id, a local folder or a .gguf file.
+
+    `gguf_blocks`: a .gguf file's quantized weights stay in their blocks (`specdecode.gguf_blocks`, CPU,
+    Llama and Qwen2 architectures; others, and machines where the kernels do not build, are dequantized).
+    """
+    if gguf_blocks and source.endswith(".gguf") and device == "cpu":
+        from specdecode import gguf_blocks as blocks
+
+        _source_kwargs(source)  # a missing file says so
+        chosen = parse_dtype(dtype)
+        try:
+            return blocks.load_gguf(source, torch.bfloat16 if chosen == "auto" else chosen)
+        except (NotImplementedError, RuntimeError) as err:
+            log.warning("%s: weights dequantized (%s)", source, err)
     model = _load(AutoModelForCausalLM, source, "model", dtype=parse_dtype(dtype))
     return model.to(device).eval()
 

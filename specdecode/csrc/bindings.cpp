@@ -17,10 +17,30 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("instruction_set", &instruction_set, "the vector instructions the kernels use");
   m.def("bfloat16_pairs", &bfloat16_pairs, "whether bfloat16 rows take the CPU's bfloat16 dot product");
   m.def("row_attention", &row_attention, "attention, each query against its visible keys only", release());
+  using specdecode::BlockWeights;
+  pybind11::class_<BlockWeights>(m, "BlockWeights", "a weight matrix kept as quantized blocks")
+      .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t, int64_t, int64_t,
+                          int64_t, int64_t>())
+      .def("rows", &BlockWeights::rows, "rows of the matrix as float32 (an embedding lookup)", release())
+      .def_readonly("out_features", &BlockWeights::out)
+      .def_readonly("in_features", &BlockWeights::in)
+      .def_readonly("bits", &BlockWeights::bits)
+      .def_readonly("group", &BlockWeights::group)
+      .def_readonly("superblock", &BlockWeights::superblock)
+      .def_readonly("codes", &BlockWeights::codes)
+      .def_readonly("scales", &BlockWeights::scales)
+      .def_readonly("mins", &BlockWeights::mins)
+      .def_readonly("d", &BlockWeights::d)
+      .def_readonly("dmin", &BlockWeights::dmin);
+  m.def("block_linear", &specdecode::block_linear, "projection through quantized blocks", pybind11::arg("x"),
+        pybind11::arg("weights"), pybind11::arg("bias") = pybind11::none(), pybind11::arg("float_result") = false,
+        release());
   using specdecode::Decoder;
   pybind11::class_<Decoder>(m, "Decoder", "a Llama-family decoder with its own KV cache")
       .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, double, int64_t, int64_t, int64_t, double, double>())
       .def("add_projection", &Decoder::add_projection)
+      .def("add_block_projection", &Decoder::add_block_projection)
+      .def("set_block_embedding", &Decoder::set_block_embedding)
       .def("add_layer", &Decoder::add_layer)
       .def("forward", &Decoder::forward, release())
       .def("crop", &Decoder::crop)

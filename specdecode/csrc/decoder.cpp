@@ -87,6 +87,12 @@ void Decoder::add_projection(at::Tensor weight, c10::optional<at::Tensor> bias, 
   bfloat16_rows_ = bfloat16_rows_ && (weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kChar);
 }
 
+void Decoder::add_block_projection(const BlockWeights& weights, c10::optional<at::Tensor> bias) {
+  projections_.push_back({at::Tensor(), bias, c10::nullopt, weights.out, weights});
+}
+
+void Decoder::set_block_embedding(const BlockWeights& weights) { block_embed_ = weights; }
+
 void Decoder::add_layer(at::Tensor input_norm, at::Tensor post_norm) {
   input_norms_.push_back(input_norm.to(at::kFloat).contiguous());
   post_norms_.push_back(post_norm.to(at::kFloat).contiguous());
@@ -97,6 +103,7 @@ void Decoder::add_layer(at::Tensor input_norm, at::Tensor post_norm) {
 at::Tensor Decoder::rows(const at::Tensor& x) const { return bfloat16_rows_ ? x.to(at::kBFloat16) : x; }
 
 at::Tensor Decoder::project(const Projection& p, const at::Tensor& x) const {
+  if (p.blocks.has_value()) return block_linear(x, *p.blocks, p.bias, true);
   return small_rows_linear(x, p.weight, p.out, p.bias, p.scale, true);
 }
 
@@ -134,7 +141,8 @@ at::Tensor Decoder::forward(at::Tensor ids, at::Tensor positions, c10::optional<
       cos[r * half + j] = std::cos(angle) * rotary_scale_;
       sin[r * half + j] = std::sin(angle) * rotary_scale_;
     }
-  at::Tensor h = embed_.index_select(0, ids.to(at::kLong)).to(at::kFloat).contiguous();  // [n, hidden]
+  at::Tensor h = block_embed_.has_value() ? block_embed_->rows(ids)
+                                          : embed_.index_select(0, ids.to(at::kLong)).to(at::kFloat).contiguous();
   auto attention = at::empty({n, heads_ * d}, at::kFloat);
   for (int64_t l = 0; l < layers; ++l) {
     const Projection* p = projections_.data() + PROJECTIONS_PER_LAYER * l;

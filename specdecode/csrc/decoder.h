@@ -7,11 +7,13 @@
 
 namespace specdecode {
 
-// One projection as specdecode.fastlinear.FastLinear holds it: panel-packed weight, float32 bias and scale.
+// One projection as specdecode.fastlinear.FastLinear holds it (panel-packed weight, float32 bias and scale),
+// or as specdecode.gguf_blocks.BlockLinear does (quantized blocks, float32 bias).
 struct Projection {
   at::Tensor weight;
   c10::optional<at::Tensor> bias, scale;
   int64_t out;
+  c10::optional<BlockWeights> blocks;
 };
 
 // Decoder layers of RMSNorm, rotary positions, grouped-query attention and a SiLU-gated MLP, with their
@@ -24,6 +26,8 @@ class Decoder {
   // Per layer, in order: q, k, v, o, gate, up, down; then the output head.
   void add_projection(at::Tensor weight, c10::optional<at::Tensor> bias, c10::optional<at::Tensor> scale,
                       int64_t out);
+  void add_block_projection(const BlockWeights& weights, c10::optional<at::Tensor> bias);
+  void set_block_embedding(const BlockWeights& weights);  // token rows from quantized blocks, not `embed`
   void add_layer(at::Tensor input_norm, at::Tensor post_norm);
   // ids, positions: [n] int64; see: [n, length() + n] bool (which cached or new positions each token sees)
   // or None (causal). Appends the n tokens to the cache; returns logits [num_logits, V] of the last ones.
@@ -38,15 +42,16 @@ class Decoder {
   void reserve(int64_t total);
 
   at::Tensor embed_, final_norm_, inv_freq_;
+  c10::optional<BlockWeights> block_embed_;
   float rotary_scale_;
   int64_t heads_, kv_heads_, head_dim_;
   float scaling_, eps_;
   std::vector<Projection> projections_;
   std::vector<at::Tensor> input_norms_, post_norms_, keys_, values_;
   int64_t length_ = 0, capacity_ = 0;
-  // Where the CPU has the bfloat16 dot product and every projection holds bfloat16 or int8 weights, the
-  // projections take their rows in bfloat16 (the 0.5B int8 draft's 118-token prompt pass 1.3-1.5x faster,
-  // one token as fast); the other activations stay float32.
+  // Where the CPU has the bfloat16 dot product and every projection holds bfloat16, int8 or block weights,
+  // the projections take their rows in bfloat16 (a prompt pass much faster, one token as fast); the other
+  // activations stay float32.
   bool bfloat16_rows_ = bfloat16_pairs();
 };
 

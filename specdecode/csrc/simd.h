@@ -1,5 +1,5 @@
 // Vector helpers for the CPU kernels: one 512-bit (AVX-512) or 256-bit (AVX2 + FMA) float vector type and
-// the loads that widen bfloat16, int8 and packed int4 weights to it.
+// the loads that widen bfloat16, float16, int8 and packed int4 weights to it.
 #pragma once
 #include <immintrin.h>
 #include <cstdint>
@@ -23,6 +23,9 @@ inline vec vload(const uint16_t* p) {  // 16 bfloat16 -> 16 float32
 }
 inline vec vload(const int8_t* p) {  // 16 int8 -> 16 float32
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+inline vec vload_half(const uint16_t* p) {  // 16 float16 -> 16 float32
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
 }
 inline void vstore(uint16_t* p, vec v) {  // 16 float32 -> 16 bfloat16, rounded as torch rounds: to nearest,
   // ties to even, any NaN -> 0x7FC0
@@ -87,6 +90,9 @@ inline vec vload(const uint16_t* p) {  // 8 bfloat16 -> 8 float32
 }
 inline vec vload(const int8_t* p) {  // 8 int8 -> 8 float32
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+inline vec vload_half(const uint16_t* p) {  // 8 float16 -> 8 float32
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
 }
 inline void vstore(uint16_t* p, vec v) {  // 8 float32 -> 8 bfloat16, rounded as torch rounds: to nearest,
   // ties to even, any NaN -> 0x7FC0

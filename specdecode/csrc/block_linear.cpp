@@ -1,0 +1,380 @@
+// y[n, out] = x[n, in] @ W^T (+ bias) for weights kept as llama.cpp's quantized blocks (GGUF files: Q4_0,
+// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), repacked without changing a single weight:
+//   W[o, i] = d[o, i / SB] * scale[o, i / G] * code[o, i] + dmin[o, i / SB] * min[o, i / G]
+// with integer codes (4, 5 or 6 bits unsigned, or 8 bits signed), integer group scales and minimums every G
+// inputs (absent, that is 1, when SB = G) and float16 factors every SB inputs (BlockWeights in kernels.h;
+// specdecode/gguf_blocks.py makes them from a file's blocks). Output o of row r is computed as
+//   sum over groups g of  s[o, g] * (sum_{i in g} x[r, i] * code[o, i])  +  m[o, g] * (sum_{i in g} x[r, i])
+// with s = d * scale and m = dmin * min: the codes meet the inputs as small integers and each group's factors
+// come in once. Weights are in panels of 16 outputs as in small_rows_linear.cpp, each weight read once for all
+// rows, and every row is computed by the same operations in the same order whatever the number of rows:
+// verifying n tokens gives each the bits of decoding it alone.
+// With AVX512_BF16 the rows are bfloat16 and the codes become bfloat16 exactly: an unsigned code c < 128 is
+// the bfloat16 whose bits are 0x4300 | c, that is 128 + c (the 128 is taken back through the group's input
+// sum); a code's bits past the fourth are added from bit planes through a lane mask; a signed 8-bit code goes
+// through float32. One dot-product instruction takes two inputs a step.
+// Elsewhere (AVX2, AVX-512 without bfloat16) float32 rows and codes decoded to float32, one input a step.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace specdecode {
+namespace {
+
+constexpr int PW = PANEL_VECTORS * W;  // outputs a panel (16)
+static_assert(PW == BLOCK_PANEL, "the block layout is made for panels of 16 outputs");
+constexpr int64_t CHUNK_BYTES = 24 << 10;    // codes of one chunk of superblocks kept in L1 (n > GROUP)
+constexpr int64_t PREFETCH_BYTES = 1024;     // how far ahead in a panel's codes to prefetch
+
+// Code layouts (the step: what one load of a panel's codes covers).
+enum class Codes { Nibbles, Signed8 };
+
+// A panel-major view of BlockWeights' tensors.
+struct Blocks {
+  const uint8_t* codes;         // [panels, in / step, step_bytes]
+  const int8_t *scales, *mins;  // [panels, in / G, PW] or null (SB = G: every scale and minimum 1)
+  const uint16_t *d, *dmin;     // float16 [panels, in / SB, PW]
+  int64_t in, group, superblock, planes, step, step_bytes;
+  int64_t groups() const { return in / group; }
+  const uint8_t* at(int64_t p, int64_t i) const { return codes + (p * (in / step) + i / step) * step_bytes; }
+  // The group's factors for W outputs from output v * W of panel p: s = d * scale, m = dmin * min - offset * s.
+  void factors(int64_t p, int64_t g, int v, vec offset, vec& s, vec& m) const {
+    const int64_t sb = (p * (in / superblock) + g * group / superblock) * PW + v * W;
+    s = vload_half(d + sb);
+    m = vload_half(dmin + sb);
+    if (scales) {
+      const int64_t k = (p * groups() + g) * PW + v * W;
+      s = vmul(s, vload(scales + k));
+      m = vmul(m, vload(mins + k));
+    }
+    m = vsub(m, vmul(offset, s));
+  }
+  // Codes of one step as float32: values[t][k] = code of input i + t, output k.
+  void decode(int64_t p, int64_t i, float values[4][PW]) const {
+    const uint8_t* b = at(p, i);
+    for (int k = 0; k < PW; ++k)
+      for (int t = 0; t < 2; ++t) {
+        const int j = 2 * k + t;
+        if (step == 2) {
+          values[t][k] = float(int8_t(b[j]));
+          continue;
+        }
+        int low = b[j] & 0x0F, high = b[j] >> 4;
+        for (int64_t bit = 0; bit < planes; ++bit) {
+          const uint8_t* plane = b + 32 + 8 * bit;
+          low |= ((plane[j / 8] >> (j % 8)) & 1) << (4 + bit);
+          high |= ((plane[4 + j / 8] >> (j % 8)) & 1) << (4 + bit);
+        }
+        values[t][k] = float(low);
+        values[t + 2][k] = float(high);
+      }
+  }
+};
+
+template <int N>
+constexpr int block_panels_per_tile() {  // N * NP accumulators twice, NP factor pairs and operand pairs
+  const int np = (REGISTERS - 4) / (2 * N + 4);
+  return np < 1 ? 1 : (np > 4 ? 4 : np);
+}
+
+#ifdef SPECDECODE_BF16_PAIRS
+// Codes of one step as bfloat16 pairs: op[0] for inputs (i, i + 1), op[1] for (i + 2, i + 3) (nibbles only).
+template <Codes C, int PLANES>
+inline void decode_pairs(const uint8_t* b, pairs op[2]) {
+  if constexpr (C == Codes::Nibbles) {
+    const __m512i bias = _mm512_set1_epi16(0x4300);  // 128 + c as bfloat16 bits
+    const __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)b));
+    __m512i lo = _mm512_ternarylogic_epi32(words, _mm512_set1_epi16(0x000F), bias, 0xEA);  // (a & b) | c
+    __m512i hi = _mm512_or_si512(_mm512_srli_epi16(words, 4), bias);
+    for (int bit = 0; bit < PLANES; ++bit) {  // bit 4 + bit of each code, one mask bit a lane
+      const __m512i add = _mm512_set1_epi16(int16_t(16 << bit));
+      lo = _mm512_mask_add_epi16(lo, _load_mask32((__mmask32*)(b + 32 + 8 * bit)), lo, add);
+      hi = _mm512_mask_add_epi16(hi, _load_mask32((__mmask32*)(b + 36 + 8 * bit)), hi, add);
+    }
+    op[0] = (pairs)lo;
+    op[1] = (pairs)hi;
+  } else {
+    const vec lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)b)));
+    const vec hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 16))));
+    op[0] = _mm512_cvtne2ps_pbh(hi, lo);
+  }
+}
+
+// Superblocks [sb0, sb1) of panels p..p+NP-1 for bfloat16 rows x[0..N) into acc [NP, N, PW].
+template <int N, int NP, Codes C, int PLANES>
+void pairs_tile(const Blocks& w, const uint16_t* x, const float* xsum, int64_t p, int64_t sb0, int64_t sb1,
+                float* acc_buf, bool first) {
+  constexpr int STEP = C == Codes::Nibbles ? 4 : 2, OPS = STEP / 2;
+  const vec offset = vset(C == Codes::Nibbles ? 128.0f : 0.0f);
+  const int64_t groups = w.groups(), in = w.in;
+  vec acc[N][NP];
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q) acc[r][q] = first ? vzero() : vload(acc_buf + (q * N + r) * PW);
+  for (int64_t g = sb0 * w.superblock / w.group; g < sb1 * w.superblock / w.group; ++g) {
+    vec s[NP], m[NP], gacc[N][NP];
+    for (int q = 0; q < NP; ++q) w.factors(p + q, g, 0, offset, s[q], m[q]);
+    for (int r = 0; r < N; ++r)
+      for (int q = 0; q < NP; ++q) gacc[r][q] = vzero();
+    for (int64_t i = g * w.group; i < (g + 1) * w.group; i += STEP) {
+      pairs op[NP][2];
+#pragma GCC unroll 4
+      for (int q = 0; q < NP; ++q) {
+        const uint8_t* b = w.at(p + q, i);
+        _mm_prefetch((const char*)b + PREFETCH_BYTES, _MM_HINT_T0);
+        decode_pairs<C, PLANES>(b, op[q]);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < N; ++r)
+#pragma GCC unroll 2
+        for (int o = 0; o < OPS; ++o) {
+          const pairs xb = vset_pair(x + r * in + i + 2 * o);
+#pragma GCC unroll 4
+          for (int q = 0; q < NP; ++q) gacc[r][q] = vdot(xb, op[q][o], gacc[r][q]);
+        }
+    }
+    for (int r = 0; r < N; ++r) {
+      const vec total = vset(xsum[r * groups + g]);
+      for (int q = 0; q < NP; ++q) acc[r][q] = vfma(m[q], total, vfma(s[q], gacc[r][q], acc[r][q]));
+    }
+  }
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q) vstore(acc_buf + (q * N + r) * PW, acc[r][q]);
+}
+#endif
+
+// The same for float32 rows, one input a step, codes decoded to float32 (no offset).
+template <int N, int NP>
+void float_tile(const Blocks& w, const float* x, const float* xsum, int64_t p, int64_t sb0, int64_t sb1,
+                float* acc_buf, bool first) {
+  constexpr int PV = PANEL_VECTORS;
+  const int64_t groups = w.groups(), in = w.in;
+  vec acc[N][NP][PV];
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < PV; ++v) acc[r][q][v] = first ? vzero() : vload(acc_buf + (q * N + r) * PW + v * W);
+  for (int64_t g = sb0 * w.superblock / w.group; g < sb1 * w.superblock / w.group; ++g) {
+    vec s[NP][PV], m[NP][PV], gacc[N][NP][PV];
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < PV; ++v) w.factors(p + q, g, v, vzero(), s[q][v], m[q][v]);
+    for (int r = 0; r < N; ++r)
+      for (int q = 0; q < NP; ++q)
+        for (int v = 0; v < PV; ++v) gacc[r][q][v] = vzero();
+    for (int64_t i = g * w.group; i < (g + 1) * w.group; i += w.step) {
+      alignas(64) float values[NP][4][PW];
+      for (int q = 0; q < NP; ++q) w.decode(p + q, i, values[q]);
+      for (int t = 0; t < w.step; ++t)
+        for (int r = 0; r < N; ++r) {
+          const vec xb = vset(x[r * in + i + t]);
+          for (int q = 0; q < NP; ++q)
+            for (int v = 0; v < PV; ++v) gacc[r][q][v] = vfma(xb, vload(values[q][t] + v * W), gacc[r][q][v]);
+        }
+    }
+    for (int r = 0; r < N; ++r) {
+      const vec total = vset(xsum[r * groups + g]);
+      for (int q = 0; q < NP; ++q)
+        for (int v = 0; v < PV; ++v) acc[r][q][v] = vfma(m[q][v], total, vfma(s[q][v], gacc[r][q][v], acc[r][q][v]));
+    }
+  }
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < PV; ++v) vstore(acc_buf + (q * N + r) * PW + v * W, acc[r][q][v]);
+}
+
+// A tile of N rows and P panels, by the row type's path and (pairs) the codes' layout.
+template <int N, int P, typename X>
+void tile(const Blocks& w, const X* x, const float* xsum, int64_t p, int64_t sb0, int64_t sb1, float* acc,
+          bool first) {
+#ifdef SPECDECODE_BF16_PAIRS
+  if constexpr (std::is_same_v<X, uint16_t>) {
+    if (w.step == 2) return pairs_tile<N, P, Codes::Signed8, 0>(w, x, xsum, p, sb0, sb1, acc, first);
+    switch (w.planes) {
+      case 0:
+        return pairs_tile<N, P, Codes::Nibbles, 0>(w, x, xsum, p, sb0, sb1, acc, first);
+      case 1:
+        return pairs_tile<N, P, Codes::Nibbles, 1>(w, x, xsum, p, sb0, sb1, acc, first);
+      default:
+        return pairs_tile<N, P, Codes::Nibbles, 2>(w, x, xsum, p, sb0, sb1, acc, first);
+    }
+  }
+#endif
+  if constexpr (std::is_same_v<X, float>) float_tile<N, P>(w, x, xsum, p, sb0, sb1, acc, first);
+}
+
+// One group of `rows` rows (1..GROUP) over `np` panels (np is 1 or the tile's panel count).
+template <typename X>
+void block_group(int rows, const Blocks& w, const X* x, const float* xsum, int64_t p, int np, int64_t sb0,
+                 int64_t sb1, float* acc, bool first) {
+  auto run = [&](auto n_rows) {
+    constexpr int N = decltype(n_rows)::value, NP = block_panels_per_tile<N>();
+    if (np == NP) return tile<N, NP>(w, x, xsum, p, sb0, sb1, acc, first);
+    for (int q = 0; q < np; ++q) tile<N, 1>(w, x, xsum, p + q, sb0, sb1, acc + q * N * PW, first);
+  };
+  switch (rows) {
+#define CASE(k) \
+  case k:        \
+    if constexpr (k <= GROUP) return run(std::integral_constant<int, k>{}); \
+    break;
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+  }
+}
+
+template <int... N>
+constexpr int tile_panels(int n, std::integer_sequence<int, N...>) {
+  int np = 1;
+  ((np = n == N ? block_panels_per_tile<N>() : np), ...);
+  return np;
+}
+
+template <typename X, typename Y>
+void block_kernel(int64_t n, const X* x, const float* xsum, const Blocks& w, const float* bias, Y* y, int64_t out) {
+  const int64_t panels = (out + PW - 1) / PW, superblocks = w.in / w.superblock;
+  const int np = tile_panels(int(std::min<int64_t>(n, GROUP)), std::make_integer_sequence<int, 9>{});
+  const int64_t sb_bytes = w.superblock / w.step * w.step_bytes;
+  const int64_t chunk = n <= GROUP ? superblocks : std::max<int64_t>(1, CHUNK_BYTES / (np * sb_bytes));
+  at::parallel_for(0, (panels + np - 1) / np, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(n * np * PW);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p = b * np;
+      const int block = int(std::min<int64_t>(np, panels - p));
+      for (int64_t s0 = 0; s0 < superblocks; s0 += chunk) {
+        const int64_t s1 = std::min(superblocks, s0 + chunk);
+        for (int64_t r0 = 0; r0 < n; r0 += GROUP) {
+          const int rows = int(std::min<int64_t>(GROUP, n - r0));
+          block_group(rows, w, x + r0 * w.in, xsum + r0 * w.groups(), p, block, s0, s1,
+                      acc.data() + r0 * block * PW, s0 == 0);
+        }
+      }
+      for (int64_t r0 = 0; r0 < n; r0 += GROUP) {  // a group's accumulators: [block, rows, PW]
+        const int rows = int(std::min<int64_t>(GROUP, n - r0));
+        const float* a = acc.data() + r0 * block * PW;
+        for (int q = 0; q < block; ++q)
+          for (int v = 0; v < PANEL_VECTORS; ++v) {
+            const int64_t o = (p + q) * PW + v * W, count = std::min<int64_t>(W, out - o);
+            if (count <= 0) break;
+            const vec c = bias ? vload_first(bias + o, count) : vzero();
+            for (int r = 0; r < rows; ++r)
+              vstore_first(y + (r0 + r) * out + o, vadd(vload(a + (q * rows + r) * PW + v * W), c), count);
+          }
+      }
+    }
+  });
+}
+
+Blocks view(const BlockWeights& w) {
+  const bool grouped = w.scales.numel() > 0;
+  const int64_t step = w.bits == 8 ? 2 : 4;
+  return {w.codes.data_ptr<uint8_t>(),
+          grouped ? w.scales.data_ptr<int8_t>() : nullptr,
+          grouped ? w.mins.data_ptr<int8_t>() : nullptr,
+          reinterpret_cast<const uint16_t*>(w.d.data_ptr<at::Half>()),
+          reinterpret_cast<const uint16_t*>(w.dmin.data_ptr<at::Half>()),
+          w.in,
+          w.group,
+          w.superblock,
+          w.bits == 8 ? 0 : w.bits - 4,
+          step,
+          w.bits == 8 ? 32 : 32 + 8 * (w.bits - 4)};
+}
+
+}  // namespace
+
+BlockWeights::BlockWeights(at::Tensor codes_, at::Tensor scales_, at::Tensor mins_, at::Tensor d_, at::Tensor dmin_,
+                           int64_t out_, int64_t in_, int64_t bits_, int64_t group_, int64_t superblock_)
+    : codes(codes_.contiguous()),
+      scales(scales_.contiguous()),
+      mins(mins_.contiguous()),
+      d(d_.contiguous()),
+      dmin(dmin_.contiguous()),
+      out(out_),
+      in(in_),
+      bits(bits_),
+      group(group_),
+      superblock(superblock_) {
+  const int64_t panels = (out + PW - 1) / PW, groups = in / group, blocks = in / superblock;
+  const int64_t step_bytes = bits == 8 ? 32 : 32 + 8 * (bits - 4), step = bits == 8 ? 2 : 4;
+  TORCH_CHECK(bits >= 4 && bits <= 6 || bits == 8, "codes must be 4, 5 or 6 bits unsigned, or 8 bits signed");
+  TORCH_CHECK(group % 16 == 0 && superblock % group == 0 && in % superblock == 0, "bad block sizes");
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.numel() == panels * (in / step) * step_bytes, "bad codes");
+  const bool grouped = superblock > group;
+  TORCH_CHECK(scales.scalar_type() == at::kChar && scales.numel() == (grouped ? panels * groups * PW : 0),
+              "bad scales");
+  TORCH_CHECK(mins.scalar_type() == at::kChar && mins.numel() == scales.numel(), "bad mins");
+  TORCH_CHECK(d.scalar_type() == at::kHalf && d.numel() == panels * blocks * PW, "bad d");
+  TORCH_CHECK(dmin.scalar_type() == at::kHalf && dmin.numel() == panels * blocks * PW, "bad dmin");
+}
+
+void BlockWeights::row(int64_t o, float* values) const {
+  const Blocks w = view(*this);
+  const int64_t p = o / PW, k = o % PW;
+  alignas(64) float codes_[4][PW], s[PW], m[PW];
+  for (int64_t g = 0; g < w.groups(); ++g) {
+    for (int v = 0; v < PANEL_VECTORS; ++v) {
+      vec sv, mv;
+      w.factors(p, g, v, vzero(), sv, mv);
+      vstore(s + v * W, sv);
+      vstore(m + v * W, mv);
+    }
+    for (int64_t i = g * group; i < (g + 1) * group; i += w.step) {
+      w.decode(p, i, codes_);
+      for (int64_t t = 0; t < w.step; ++t) values[i + t] = s[k] * codes_[t][k] + m[k];
+    }
+  }
+}
+
+at::Tensor BlockWeights::rows(at::Tensor ids) const {
+  const auto index = ids.to(at::kLong).contiguous();
+  auto y = at::empty({index.numel(), in}, at::kFloat);
+  const int64_t* ip = index.data_ptr<int64_t>();
+  for (int64_t r = 0; r < index.numel(); ++r) {
+    TORCH_CHECK(ip[r] >= 0 && ip[r] < out, "row ", ip[r], " out of range");
+    row(ip[r], y.data_ptr<float>() + r * in);
+  }
+  return y;
+}
+
+at::Tensor block_linear(at::Tensor x, const BlockWeights& w, c10::optional<at::Tensor> bias, bool float_result) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == w.in, "x must be [n, ", w.in, "]");
+  const int64_t n = x.size(0), groups = w.in / w.group;
+  at::Tensor bf;
+  if (bias.has_value()) bf = bias->to(at::kFloat).contiguous();
+  const float* b = bias.has_value() ? bf.data_ptr<float>() : nullptr;
+  const bool bf16_result = x.scalar_type() == at::kBFloat16 && !float_result;
+  auto y = at::empty({n, w.out}, x.options().dtype(bf16_result ? at::kBFloat16 : at::kFloat));
+  const bool pairs = bfloat16_pairs();
+  const auto rows = (pairs ? x.to(at::kBFloat16) : x.to(at::kFloat)).contiguous();
+  // each row's input sums per group, in input order, from the rows as the kernel reads them
+  const auto widened = rows.to(at::kFloat).contiguous();
+  auto xsum = at::empty({n, groups}, at::kFloat);
+  const float* xf = widened.data_ptr<float>();
+  float* xs = xsum.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      float total = 0.0f;
+      for (int64_t i = g * w.group; i < (g + 1) * w.group; ++i) total += xf[r * w.in + i];
+      xs[r * groups + g] = total;
+    }
+  const Blocks blocks = view(w);
+  auto run = [&](auto* yp) {
+#ifdef SPECDECODE_BF16_PAIRS
+    if (pairs)
+      return block_kernel(n, reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>()), xs, blocks, b, yp,
+                          w.out);
+#endif
+    block_kernel(n, rows.data_ptr<float>(), xs, blocks, b, yp, w.out);
+  };
+  if (bf16_result)
+    run(reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()));
+  else
+    run(y.data_ptr<float>());
+  return float_result ? y : y.to(x.scalar_type());
+}
+
+}  // namespace specdecode

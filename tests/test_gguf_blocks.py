@@ -1,0 +1,192 @@
+"""GGUF weights kept in their quantized blocks (specdecode/gguf_blocks.py, csrc/block_linear.cpp).
+
+- Every block type: the parts represent gguf-py's dequantized weights exactly (float32 rounding of gguf-py's
+  own arithmetic only), the kernel's product matches a float64 reference from those parts (relative 1e-5,
+  inputs already bfloat16), and each row's result has the same bits whatever the number of rows.
+- A tiny Llama GGUF file with all of those types: loaded in blocks it gives the logits of transformers'
+  own (dequantizing) GGUF loader, and greedy speculative decoding through the compiled target is
+  token-identical to its target-only decoding.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize
+from tiny_models import make_tokenizer
+
+from specdecode import SpeculativeDecoder, compiled_decoder
+from specdecode.gguf_blocks import BLOCK_TYPES, has_blocks, load_gguf, pack, split
+from specdecode.kernels import extension
+
+pytestmark = pytest.mark.skipif(extension() is None, reason="the compiled kernels do not build here")
+
+
+def random_blocks(qtype, out: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random blocks of `qtype` for an [out, size] matrix, float16 factors small and finite: [out, bytes]."""
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(out, size // block_size, type_size), dtype=np.uint8)
+
+    def halves(count: int, low: float) -> np.ndarray:
+        values = rng.uniform(low, 0.02, size=(out, size // block_size, count)).astype(np.float16)
+        return values.view(np.uint8)
+
+    if qtype in (T.Q8_0, T.Q4_0, T.Q5_0):
+        raw[..., 0:2] = halves(1, -0.02)
+    elif qtype in (T.Q4_1, T.Q5_1):
+        raw[..., 0:4] = halves(2, -0.02)
+    elif qtype in (T.Q4_K, T.Q5_K):
+        raw[..., 0:4] = halves(2, 0.0)
+    elif qtype == T.Q6_K:
+        raw[..., 208:210] = halves(1, -0.02)
+    return raw.reshape(out, -1)
+
+
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+@pytest.mark.parametrize("out,size", [(40, 512), (16, 256), (33, 768)])
+def test_block_kernel_matches_float64_and_rows_are_bit_identical(name, out, size):
+    qtype = getattr(T, name)
+    rng = np.random.default_rng(out * 1000 + size)
+    raw = random_blocks(qtype, out, size, rng)
+    parts = split(raw, qtype, out, size)
+    dense = parts.dense()
+    reference = dequantize(raw, qtype).astype(np.float64)  # gguf-py, float32 arithmetic
+    assert np.abs(dense - reference).max() <= 1e-6 * np.abs(reference).max()
+    weights = pack(parts)
+    np.testing.assert_array_equal(weights.rows(torch.arange(out)).double().numpy(), dense.astype(np.float32))
+    x = torch.randn(12, size, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    y = extension().block_linear(x, weights, None, True)
+    expected = x.double().numpy() @ dense.T
+    assert np.abs(y.double().numpy() - expected).max() <= 1e-5 * np.abs(expected).max()
+    for n in (1, 3, 8, 9):  # the same bits whatever the number of rows
+        assert torch.equal(extension().block_linear(x[:n], weights, None, True), y[:n])
+
+
+def test_block_kernel_bias_and_bfloat16_result():
+    rng = np.random.default_rng(1)
+    raw = random_blocks(T.Q4_K, 24, 256, rng)
+    weights = pack(split(raw, T.Q4_K, 24, 256))
+    x = torch.randn(3, 256).to(torch.bfloat16)
+    bias = torch.randn(24)
+    y = extension().block_linear(x, weights, bias)
+    assert y.dtype == torch.bfloat16
+    full = extension().block_linear(x, weights, bias, True)
+    assert torch.equal(y, full.to(torch.bfloat16))
+
+
+HIDDEN, FFN, HEADS, KV_HEADS, LAYERS = 256, 512, 4, 2, 2
+TYPES = {  # one tensor of each kind per layer, covering every block type
+    "attn_q": T.Q4_K,
+    "attn_k": T.Q5_K,
+    "attn_v": T.Q6_K,
+    "attn_output": T.Q8_0,
+    "ffn_gate": T.Q4_0,
+    "ffn_up": T.Q5_1,
+    "ffn_down": T.Q5_0,
+}
+
+
+def write_tiny_gguf(path, seed: int, vocab: int) -> None:
+    """A 2-layer Llama .gguf of random blocks (a tied Q4_1 embedding and output)."""
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([f"<t{i}>" for i in range(vocab)])
+    writer.add_token_scores([0.0] * vocab)
+    writer.add_token_types([1] * vocab)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    shapes = {
+        "attn_q": (HIDDEN, HIDDEN),
+        "attn_k": (HIDDEN // 2, HIDDEN),
+        "attn_v": (HIDDEN // 2, HIDDEN),
+        "attn_output": (HIDDEN, HIDDEN),
+        "ffn_gate": (FFN, HIDDEN),
+        "ffn_up": (FFN, HIDDEN),
+        "ffn_down": (HIDDEN, FFN),
+    }
+
+    def add(name: str, qtype, out: int, size: int) -> None:
+        writer.add_tensor(name, random_blocks(qtype, out, size, rng), raw_dtype=qtype)
+
+    add("token_embd.weight", T.Q4_1, vocab, HIDDEN)
+    writer.add_tensor("output_norm.weight", rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32))
+    for layer in range(LAYERS):
+        for kind, qtype in TYPES.items():
+            add(f"blk.{layer}.{kind}.weight", qtype, *shapes[kind])
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{layer}.{norm}.weight", rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gguf")
+    vocab = len(make_tokenizer())
+    for name, seed in (("target.gguf", 0), ("draft.gguf", 1)):
+        write_tiny_gguf(folder / name, seed, vocab)
+    return folder
+
+
+def test_blocks_model_matches_transformers_dequantized(tiny_files):
+    from transformers import AutoModelForCausalLM
+
+    model = load_gguf(tiny_files / "target.gguf", torch.float32)
+    assert has_blocks(model) and compiled_decoder.unsupported(model) is None
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_files), gguf_file="target.gguf", dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 17, 33, 4, 8, 21, 40, 3]])
+    with torch.no_grad():
+        expected = reference(ids).logits[0].double()
+        modules = model(ids).logits[0].double()
+    decoder = compiled_decoder.build(model)
+    compiled = decoder.forward(ids[0], torch.arange(ids.shape[1]), None, ids.shape[1]).double()
+    scale = expected.abs().max()
+    # projection inputs are rounded to bfloat16 where the CPU has the bfloat16 dot product
+    assert (modules - expected).abs().max() <= 2e-2 * scale
+    assert (compiled - expected).abs().max() <= 2e-2 * scale
+    assert (compiled.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("proposer,k", [("draft", 3), ("draft", "auto"), ("ngram", 4), ("tree", 2)])
+def test_gguf_target_greedy_is_identical_to_target_only(tiny_files, proposer, k):
+    tokenizer = make_tokenizer()
+    target = load_gguf(tiny_files / "target.gguf")
+    draft = None if proposer == "ngram" else load_gguf(tiny_files / "draft.gguf")
+    for model in (target, draft):
+        if model is not None:
+            assert compiled_decoder.attach(model)
+    dec = SpeculativeDecoder(target, draft, tokenizer, proposer=proposer)
+    assert dec.target.decoder is not None
+    for prompt in ("def f(x):", "abc abc abc ab", "the cat sat on the"):
+        plain = dec.generate(prompt, 40, num_speculative_tokens=0, ignore_eos=True)
+        fast = dec.generate(prompt, 40, num_speculative_tokens=k, ignore_eos=True)
+        assert fast.token_ids == plain.token_ids
+    batch = dec.generate(["def f(x):", "the cat"], 12, num_speculative_tokens=2, ignore_eos=True)
+    assert batch[0].token_ids == dec.generate("def f(x):", 12, num_speculative_tokens=0, ignore_eos=True).token_ids
+
+
+def test_from_pretrained_loads_gguf_blocks_and_dequantized(tiny_files, monkeypatch):
+    monkeypatch.setattr("specdecode.engine.load_tokenizer", lambda source: make_tokenizer())
+    blocks = SpeculativeDecoder.from_pretrained(str(tiny_files / "target.gguf"), proposer="ngram")
+    assert has_blocks(blocks.target.model) and blocks.target.decoder is not None
+    plain = SpeculativeDecoder.from_pretrained(str(tiny_files / "target.gguf"), gguf="dequantize", proposer="ngram")
+    assert not has_blocks(plain.target.model) and plain.target.decoder is None
+    with pytest.raises(ValueError, match="gguf must be one of"):
+        SpeculativeDecoder.from_pretrained(str(tiny_files / "target.gguf"), gguf="fast")
