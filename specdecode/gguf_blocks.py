@@ -19,6 +19,8 @@ token embedding in blocks (BlockLinear, BlockEmbedding) and the rest (norms, bia
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,9 +319,16 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modul
     if left:
         raise ValueError(f"{path.name}: no weights for {', '.join(left[:5])} (missing {missing[:5]})")
     model.config.tie_word_embeddings = head_name == embed_name
+    _return_freed_memory()
     model.generation_config = _generation_config(path, model)
     log.info("%s: %d tensors kept in blocks, %d dequantized", path.name, len(blocks_of), len(state))
     return model.eval()
+
+
+def _return_freed_memory() -> None:
+    """Hand the unpacking's freed heap back to the system (glibc keeps it otherwise: ~0.4 GB for a 1.5B model)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _generation_config(path: Path, model: nn.Module):

@@ -9,15 +9,19 @@
 // come in once. Weights are in panels of 16 outputs as in small_rows_linear.cpp, each weight read once for all
 // rows, and every row is computed by the same operations in the same order whatever the number of rows:
 // verifying n tokens gives each the bits of decoding it alone.
-// With AVX512_BF16 the rows are bfloat16 and the codes become bfloat16 exactly: an unsigned code c < 128 is
-// the bfloat16 whose bits are 0x4300 | c, that is 128 + c (the 128 is taken back through the group's input
-// sum); a code's bits past the fourth are added from bit planes through a lane mask; a signed 8-bit code goes
-// through float32. One dot-product instruction takes two inputs a step.
-// Elsewhere (AVX2, AVX-512 without bfloat16) float32 rows and codes decoded to float32, one input a step.
+// Two ways to multiply, one chosen per process (block_rows_bfloat16()):
+// - bfloat16 rows (AVX512_BF16, where its dot product is fast): the codes become bfloat16 exactly: an
+//   unsigned code c < 128 is the bfloat16 whose bits are 0x4300 | c, that is 128 + c (the 128 is taken back
+//   through the group's input sum); a code's bits past the fourth are added from bit planes through a lane
+//   mask; a signed 8-bit code goes through float32. One dot-product instruction takes two inputs a step.
+// - float32 rows (elsewhere): the codes are decoded to float32 vectors, one fused multiply-add an input.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <cpuid.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -149,11 +153,46 @@ void pairs_tile(const Blocks& w, const uint16_t* x, const float* xsum, int64_t p
 }
 #endif
 
+// Codes of one step as float32 vectors: values[t][v] = the codes of input i + t for outputs v * W.., through
+// the vector unit where the layout allows it (AVX-512), else one code at a time.
+template <Codes C, int PLANES>
+inline void decode_floats(const Blocks& w, int64_t p, int64_t i, vec values[4][PANEL_VECTORS]) {
+#if defined(__AVX512F__) && defined(__BMI2__)
+  const uint8_t* b = w.at(p, i);
+  const __m512i lanes = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)b));  // b[2k] | b[2k + 1] << 8
+  if constexpr (C == Codes::Nibbles) {
+    const __m512i low = _mm512_set1_epi32(0x0F);
+    __m512i in[4] = {_mm512_and_si512(lanes, low), _mm512_and_si512(_mm512_srli_epi32(lanes, 8), low),
+                     _mm512_and_si512(_mm512_srli_epi32(lanes, 4), low),
+                     _mm512_and_si512(_mm512_srli_epi32(lanes, 12), low)};
+    for (int bit = 0; bit < PLANES; ++bit) {  // mask bit 2k + t of plane half h is input 2h + t, output k
+      const __m512i add = _mm512_set1_epi32(16 << bit);
+      for (int h = 0; h < 2; ++h) {
+        uint32_t mask;
+        std::memcpy(&mask, b + 32 + 8 * bit + 4 * h, 4);
+        in[2 * h] = _mm512_mask_add_epi32(in[2 * h], __mmask16(_pext_u32(mask, 0x55555555u)), in[2 * h], add);
+        in[2 * h + 1] =
+            _mm512_mask_add_epi32(in[2 * h + 1], __mmask16(_pext_u32(mask, 0xAAAAAAAAu)), in[2 * h + 1], add);
+      }
+    }
+    for (int t = 0; t < 4; ++t) values[t][0] = _mm512_cvtepi32_ps(in[t]);
+  } else {
+    values[0][0] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(lanes, 24), 24));
+    values[1][0] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(lanes, 16), 24));
+  }
+#else
+  alignas(64) float codes[4][PW];
+  w.decode(p, i, codes);
+  for (int t = 0; t < 4; ++t)
+    for (int v = 0; v < PANEL_VECTORS; ++v) values[t][v] = vload(codes[t] + v * W);
+#endif
+}
+
 // The same for float32 rows, one input a step, codes decoded to float32 (no offset).
-template <int N, int NP>
+template <int N, int NP, Codes C, int PLANES>
 void float_tile(const Blocks& w, const float* x, const float* xsum, int64_t p, int64_t sb0, int64_t sb1,
                 float* acc_buf, bool first) {
-  constexpr int PV = PANEL_VECTORS;
+  constexpr int PV = PANEL_VECTORS, STEP = C == Codes::Nibbles ? 4 : 2;
   const int64_t groups = w.groups(), in = w.in;
   vec acc[N][NP][PV];
   for (int r = 0; r < N; ++r)
@@ -166,15 +205,20 @@ void float_tile(const Blocks& w, const float* x, const float* xsum, int64_t p, i
     for (int r = 0; r < N; ++r)
       for (int q = 0; q < NP; ++q)
         for (int v = 0; v < PV; ++v) gacc[r][q][v] = vzero();
-    for (int64_t i = g * w.group; i < (g + 1) * w.group; i += w.step) {
-      alignas(64) float values[NP][4][PW];
-      for (int q = 0; q < NP; ++q) w.decode(p + q, i, values[q]);
-      for (int t = 0; t < w.step; ++t)
-        for (int r = 0; r < N; ++r) {
-          const vec xb = vset(x[r * in + i + t]);
-          for (int q = 0; q < NP; ++q)
-            for (int v = 0; v < PV; ++v) gacc[r][q][v] = vfma(xb, vload(values[q][t] + v * W), gacc[r][q][v]);
-        }
+    for (int64_t i = g * w.group; i < (g + 1) * w.group; i += STEP) {
+#pragma GCC unroll 4
+      for (int q = 0; q < NP; ++q) {
+        vec values[4][PV];
+        _mm_prefetch((const char*)w.at(p + q, i) + PREFETCH_BYTES, _MM_HINT_T0);
+        decode_floats<C, PLANES>(w, p + q, i, values);
+#pragma GCC unroll 4
+        for (int t = 0; t < STEP; ++t)
+#pragma GCC unroll 8
+          for (int r = 0; r < N; ++r) {
+            const vec xb = vset(x[r * in + i + t]);
+            for (int v = 0; v < PV; ++v) gacc[r][q][v] = vfma(xb, values[t][v], gacc[r][q][v]);
+          }
+      }
     }
     for (int r = 0; r < N; ++r) {
       const vec total = vset(xsum[r * groups + g]);
@@ -187,24 +231,23 @@ void float_tile(const Blocks& w, const float* x, const float* xsum, int64_t p, i
       for (int v = 0; v < PV; ++v) vstore(acc_buf + (q * N + r) * PW + v * W, acc[r][q][v]);
 }
 
-// A tile of N rows and P panels, by the row type's path and (pairs) the codes' layout.
+// A tile of N rows and P panels, by the row type's path and the codes' layout.
 template <int N, int P, typename X>
 void tile(const Blocks& w, const X* x, const float* xsum, int64_t p, int64_t sb0, int64_t sb1, float* acc,
           bool first) {
+  auto run = [&](auto codes, auto planes) {
+    constexpr Codes C = decltype(codes)::value;
+    constexpr int PLANES = decltype(planes)::value;
 #ifdef SPECDECODE_BF16_PAIRS
-  if constexpr (std::is_same_v<X, uint16_t>) {
-    if (w.step == 2) return pairs_tile<N, P, Codes::Signed8, 0>(w, x, xsum, p, sb0, sb1, acc, first);
-    switch (w.planes) {
-      case 0:
-        return pairs_tile<N, P, Codes::Nibbles, 0>(w, x, xsum, p, sb0, sb1, acc, first);
-      case 1:
-        return pairs_tile<N, P, Codes::Nibbles, 1>(w, x, xsum, p, sb0, sb1, acc, first);
-      default:
-        return pairs_tile<N, P, Codes::Nibbles, 2>(w, x, xsum, p, sb0, sb1, acc, first);
-    }
-  }
+    if constexpr (std::is_same_v<X, uint16_t>) return pairs_tile<N, P, C, PLANES>(w, x, xsum, p, sb0, sb1, acc, first);
 #endif
-  if constexpr (std::is_same_v<X, float>) float_tile<N, P>(w, x, xsum, p, sb0, sb1, acc, first);
+    if constexpr (std::is_same_v<X, float>) float_tile<N, P, C, PLANES>(w, x, xsum, p, sb0, sb1, acc, first);
+  };
+  using Nib = std::integral_constant<Codes, Codes::Nibbles>;
+  if (w.step == 2) return run(std::integral_constant<Codes, Codes::Signed8>{}, std::integral_constant<int, 0>{});
+  if (w.planes == 0) return run(Nib{}, std::integral_constant<int, 0>{});
+  if (w.planes == 1) return run(Nib{}, std::integral_constant<int, 1>{});
+  run(Nib{}, std::integral_constant<int, 2>{});
 }
 
 // One group of `rows` rows (1..GROUP) over `np` panels (np is 1 or the tile's panel count).
@@ -284,7 +327,27 @@ Blocks view(const BlockWeights& w) {
           w.bits == 8 ? 32 : 32 + 8 * (w.bits - 4)};
 }
 
+bool intel_cpu() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+  char vendor[13] = {};
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  return std::strcmp(vendor, "GenuineIntel") == 0;
+}
+
 }  // namespace
+
+bool block_rows_bfloat16() {
+  // Intel's bfloat16 dot product (Sapphire Rapids) retires one every two cycles, half the rate of float32
+  // fused multiply-adds, which do the same arithmetic per instruction pair; AMD's (Zen 4) is as fast as them.
+  static const bool choice = [] {
+    if (const char* forced = std::getenv("SPECDECODE_BLOCK_ROWS")) return std::strcmp(forced, "bfloat16") == 0;
+    return bfloat16_pairs() && !intel_cpu();
+  }();
+  return choice && bfloat16_pairs();
+}
 
 BlockWeights::BlockWeights(at::Tensor codes_, at::Tensor scales_, at::Tensor mins_, at::Tensor d_, at::Tensor dmin_,
                            int64_t out_, int64_t in_, int64_t bits_, int64_t group_, int64_t superblock_)
@@ -348,7 +411,7 @@ at::Tensor block_linear(at::Tensor x, const BlockWeights& w, c10::optional<at::T
   const float* b = bias.has_value() ? bf.data_ptr<float>() : nullptr;
   const bool bf16_result = x.scalar_type() == at::kBFloat16 && !float_result;
   auto y = at::empty({n, w.out}, x.options().dtype(bf16_result ? at::kBFloat16 : at::kFloat));
-  const bool pairs = bfloat16_pairs();
+  const bool pairs = block_rows_bfloat16();
   const auto rows = (pairs ? x.to(at::kBFloat16) : x.to(at::kFloat)).contiguous();
   // each row's input sums per group, in input order, from the rows as the kernel reads them
   const auto widened = rows.to(at::kFloat).contiguous();

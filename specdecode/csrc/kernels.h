@@ -35,6 +35,9 @@ struct BlockWeights {
   int64_t out, in, bits, group, superblock;
 };
 
+// Whether block_linear takes its rows in bfloat16 (through the bfloat16 dot product) rather than float32.
+bool block_rows_bfloat16();
+
 // x [n, in] @ W^T (+ bias) -> [n, out] in x's dtype, or float32 if float_result.
 at::Tensor block_linear(at::Tensor x, const BlockWeights& w, c10::optional<at::Tensor> bias, bool float_result);
 
