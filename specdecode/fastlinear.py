@@ -107,8 +107,7 @@ def describe_kernels(model: nn.Module) -> str:
     from specdecode.gguf_blocks import has_blocks
 
     if has_blocks(model):
-        rows = "bfloat16" if extension().block_rows_bfloat16() else "float32"
-        return f"GGUF blocks, {rows} rows ({extension().instruction_set()})"
+        return f"GGUF blocks, {extension().block_rows()} rows ({extension().instruction_set()})"
     if any(isinstance(m, FastLinear) for m in model.modules()):
         return f"small-rows ({extension().instruction_set()})"
     return "stock (PyTorch's)"

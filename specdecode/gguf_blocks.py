@@ -243,7 +243,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modul
     NotImplementedError for architectures other than SUPPORTED_ARCHS (load those dequantized instead).
     """
     from gguf import GGMLQuantizationType, GGUFReader
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
         TensorProcessor,
@@ -320,7 +320,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modul
         raise ValueError(f"{path.name}: no weights for {', '.join(left[:5])} (missing {missing[:5]})")
     model.config.tie_word_embeddings = head_name == embed_name
     _return_freed_memory()
-    model.generation_config = _generation_config(path, model)
+    model.generation_config = GenerationConfig.from_model_config(model.config)
     log.info("%s: %d tensors kept in blocks, %d dequantized", path.name, len(blocks_of), len(state))
     return model.eval()
 
@@ -329,12 +329,3 @@ def _return_freed_memory() -> None:
     """Hand the unpacking's freed heap back to the system (glibc keeps it otherwise: ~0.4 GB for a 1.5B model)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _generation_config(path: Path, model: nn.Module):
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-    except (OSError, ValueError, TypeError):
-        return GenerationConfig.from_model_config(model.config)

@@ -35,8 +35,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("block_linear", &specdecode::block_linear, "projection through quantized blocks", pybind11::arg("x"),
         pybind11::arg("weights"), pybind11::arg("bias") = pybind11::none(), pybind11::arg("float_result") = false,
         release());
-  m.def("block_rows_bfloat16", &specdecode::block_rows_bfloat16,
-        "whether block weights meet bfloat16 rows (else float32 rows)");
+  m.def("block_rows", &specdecode::block_rows_name, "how block weights meet their rows: int8, bfloat16 or float32");
   using specdecode::Decoder;
   pybind11::class_<Decoder>(m, "Decoder", "a Llama-family decoder with its own KV cache")
       .def(pybind11::init<at::Tensor, at::Tensor, at::Tensor, double, int64_t, int64_t, int64_t, double, double>())

@@ -9,19 +9,26 @@
 // come in once. Weights are in panels of 16 outputs as in small_rows_linear.cpp, each weight read once for all
 // rows, and every row is computed by the same operations in the same order whatever the number of rows:
 // verifying n tokens gives each the bits of decoding it alone.
-// Two ways to multiply, one chosen per process (block_rows_bfloat16()):
-// - bfloat16 rows (AVX512_BF16, where its dot product is fast): the codes become bfloat16 exactly: an
-//   unsigned code c < 128 is the bfloat16 whose bits are 0x4300 | c, that is 128 + c (the 128 is taken back
-//   through the group's input sum); a code's bits past the fourth are added from bit planes through a lane
-//   mask; a signed 8-bit code goes through float32. One dot-product instruction takes two inputs a step.
-// - float32 rows (elsewhere): the codes are decoded to float32 vectors, one fused multiply-add an input.
+// Three ways to multiply, one chosen per process (block_rows()):
+// - int8 rows (AVX512_VNNI; the default where it is built): each row is quantized to int8 every 32 inputs
+//   (scale = max |x| / 127, as llama.cpp quantizes activations for these formats), and each group's sum of
+//   code x row products is an exact integer, four products a lane an instruction (signed 8-bit codes enter
+//   as code + 128, the 128 taken back through the group's input sum);
+// - bfloat16 rows (AVX512_BF16): the codes become bfloat16 exactly: an unsigned code c < 128 is the bfloat16
+//   whose bits are 0x4300 | c, that is 128 + c (the 128 is taken back through the group's input sum); a code's
+//   bits past the fourth are added from bit planes through a lane mask; a signed 8-bit code goes through
+//   float32. One dot-product instruction takes two inputs a step;
+// - float32 rows (elsewhere): the codes are decoded to float32 vectors, one
+//   fused multiply-add an input.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cpuid.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -231,15 +238,94 @@ void float_tile(const Blocks& w, const float* x, const float* xsum, int64_t p, i
       for (int v = 0; v < PV; ++v) vstore(acc_buf + (q * N + r) * PW + v * W, acc[r][q][v]);
 }
 
+#ifdef SPECDECODE_INT8_ROWS
+// Codes of one step (4 inputs) as bytes for the integer dot product: lane k holds codes (i, i+1, i+2, i+3) of
+// output k; a code's bits past the fourth come from the bit planes through a byte mask.
+template <int PLANES>
+inline __m512i decode_bytes(const uint8_t* b) {
+  const __m512i lanes = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)b));  // b[2k] | b[2k + 1] << 8
+  // (c0 | c2 << 4) | (c1 | c3 << 4) << 8  ->  bytes c0, c1, c2, c3
+  __m512i codes = _mm512_ternarylogic_epi32(lanes, _mm512_slli_epi32(lanes, 12), _mm512_set1_epi32(0x0F0F0F0F), 0xA8);  // (a | b) & c
+  for (int bit = 0; bit < PLANES; ++bit) {  // plane halves: bit 2k + t is input t (first), input t + 2 (second)
+    uint32_t first, second;
+    std::memcpy(&first, b + 32 + 8 * bit, 4);
+    std::memcpy(&second, b + 36 + 8 * bit, 4);
+    const __mmask64 mask = _pdep_u64(first, 0x3333333333333333ull) | _pdep_u64(second, 0xCCCCCCCCCCCCCCCCull);
+    codes = _mm512_mask_add_epi8(codes, mask, codes, _mm512_set1_epi8(char(16 << bit)));
+  }
+  return codes;
+}
+
+// Signed 8-bit codes of two steps (inputs i, i+1 then i+2, i+3) as unsigned bytes code + 128, lane k holding
+// inputs i..i+3 of output k (the 128 is taken back through the group's input sum).
+inline __m512i decode_signed_bytes(const uint8_t* b) {
+  const __m512i first = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)b));
+  const __m512i second = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(b + 32))), 16);
+  return _mm512_ternarylogic_epi32(first, second, _mm512_set1_epi32(int(0x80808080u)), 0x56);  // (a | b) ^ c
+}
+
+// Superblocks [sb0, sb1) of panels p..p+NP-1 for int8 rows x[0..N) (each 32 inputs scaled by xscale) into acc.
+// Each group's sum of code x row products is an exact integer; the group's factors and the row's scale
+// come in once.
+template <int N, int NP, Codes C, int PLANES>
+void int8_tile(const Blocks& w, const int8_t* x, const float* xsum, const float* xscale, int64_t p, int64_t sb0,
+               int64_t sb1, float* acc_buf, bool first) {
+  const int64_t groups = w.groups(), in = w.in;
+  const vec offset = vset(C == Codes::Signed8 ? 128.0f : 0.0f);
+  vec acc[N][NP];
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q) acc[r][q] = first ? vzero() : vload(acc_buf + (q * N + r) * PW);
+  for (int64_t g = sb0 * w.superblock / w.group; g < sb1 * w.superblock / w.group; ++g) {
+    vec s[NP], m[NP];
+    __m512i dots[N][NP];
+    for (int q = 0; q < NP; ++q) w.factors(p + q, g, 0, offset, s[q], m[q]);
+    for (int r = 0; r < N; ++r)
+      for (int q = 0; q < NP; ++q) dots[r][q] = _mm512_setzero_si512();
+    for (int64_t i = g * w.group; i < (g + 1) * w.group; i += 4) {
+      __m512i codes[NP];
+#pragma GCC unroll 4
+      for (int q = 0; q < NP; ++q) {
+        const uint8_t* b = w.at(p + q, i);
+        _mm_prefetch((const char*)b + PREFETCH_BYTES, _MM_HINT_T0);
+        if constexpr (C == Codes::Signed8) {
+          _mm_prefetch((const char*)b + PREFETCH_BYTES + 64, _MM_HINT_T0);
+          codes[q] = decode_signed_bytes(b);
+        } else {
+          codes[q] = decode_bytes<PLANES>(b);
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < N; ++r) {
+        int32_t four;
+        std::memcpy(&four, x + r * in + i, 4);
+        const __m512i xb = _mm512_set1_epi32(four);
+#pragma GCC unroll 4
+        for (int q = 0; q < NP; ++q) dots[r][q] = _mm512_dpbusd_epi32(dots[r][q], codes[q], xb);
+      }
+    }
+    for (int r = 0; r < N; ++r) {
+      const vec scale = vset(xscale[r * groups + g]), total = vset(xsum[r * groups + g]);
+      for (int q = 0; q < NP; ++q)
+        acc[r][q] = vfma(m[q], total, vfma(vmul(s[q], scale), _mm512_cvtepi32_ps(dots[r][q]), acc[r][q]));
+    }
+  }
+  for (int r = 0; r < N; ++r)
+    for (int q = 0; q < NP; ++q) vstore(acc_buf + (q * N + r) * PW, acc[r][q]);
+}
+#endif
+
 // A tile of N rows and P panels, by the row type's path and the codes' layout.
 template <int N, int P, typename X>
-void tile(const Blocks& w, const X* x, const float* xsum, int64_t p, int64_t sb0, int64_t sb1, float* acc,
-          bool first) {
+void tile(const Blocks& w, const X* x, const float* xsum, const float* xscale, int64_t p, int64_t sb0, int64_t sb1,
+          float* acc, bool first) {
   auto run = [&](auto codes, auto planes) {
     constexpr Codes C = decltype(codes)::value;
     constexpr int PLANES = decltype(planes)::value;
 #ifdef SPECDECODE_BF16_PAIRS
     if constexpr (std::is_same_v<X, uint16_t>) return pairs_tile<N, P, C, PLANES>(w, x, xsum, p, sb0, sb1, acc, first);
+#endif
+#ifdef SPECDECODE_INT8_ROWS
+    if constexpr (std::is_same_v<X, int8_t>) return int8_tile<N, P, C, PLANES>(w, x, xsum, xscale, p, sb0, sb1, acc, first);
 #endif
     if constexpr (std::is_same_v<X, float>) float_tile<N, P, C, PLANES>(w, x, xsum, p, sb0, sb1, acc, first);
   };
@@ -252,12 +338,12 @@ void tile(const Blocks& w, const X* x, const float* xsum, int64_t p, int64_t sb0
 
 // One group of `rows` rows (1..GROUP) over `np` panels (np is 1 or the tile's panel count).
 template <typename X>
-void block_group(int rows, const Blocks& w, const X* x, const float* xsum, int64_t p, int np, int64_t sb0,
-                 int64_t sb1, float* acc, bool first) {
+void block_group(int rows, const Blocks& w, const X* x, const float* xsum, const float* xscale, int64_t p, int np,
+                 int64_t sb0, int64_t sb1, float* acc, bool first) {
   auto run = [&](auto n_rows) {
     constexpr int N = decltype(n_rows)::value, NP = block_panels_per_tile<N>();
-    if (np == NP) return tile<N, NP>(w, x, xsum, p, sb0, sb1, acc, first);
-    for (int q = 0; q < np; ++q) tile<N, 1>(w, x, xsum, p + q, sb0, sb1, acc + q * N * PW, first);
+    if (np == NP) return tile<N, NP>(w, x, xsum, xscale, p, sb0, sb1, acc, first);
+    for (int q = 0; q < np; ++q) tile<N, 1>(w, x, xsum, xscale, p + q, sb0, sb1, acc + q * N * PW, first);
   };
   switch (rows) {
 #define CASE(k) \
@@ -277,7 +363,8 @@ constexpr int tile_panels(int n, std::integer_sequence<int, N...>) {
 }
 
 template <typename X, typename Y>
-void block_kernel(int64_t n, const X* x, const float* xsum, const Blocks& w, const float* bias, Y* y, int64_t out) {
+void block_kernel(int64_t n, const X* x, const float* xsum, const float* xscale, const Blocks& w, const float* bias,
+                  Y* y, int64_t out) {
   const int64_t panels = (out + PW - 1) / PW, superblocks = w.in / w.superblock;
   const int np = tile_panels(int(std::min<int64_t>(n, GROUP)), std::make_integer_sequence<int, 9>{});
   const int64_t sb_bytes = w.superblock / w.step * w.step_bytes;
@@ -291,8 +378,8 @@ void block_kernel(int64_t n, const X* x, const float* xsum, const Blocks& w, con
         const int64_t s1 = std::min(superblocks, s0 + chunk);
         for (int64_t r0 = 0; r0 < n; r0 += GROUP) {
           const int rows = int(std::min<int64_t>(GROUP, n - r0));
-          block_group(rows, w, x + r0 * w.in, xsum + r0 * w.groups(), p, block, s0, s1,
-                      acc.data() + r0 * block * PW, s0 == 0);
+          block_group(rows, w, x + r0 * w.in, xsum + r0 * w.groups(), xscale ? xscale + r0 * w.groups() : nullptr, p,
+                      block, s0, s1, acc.data() + r0 * block * PW, s0 == 0);
         }
       }
       for (int64_t r0 = 0; r0 < n; r0 += GROUP) {  // a group's accumulators: [block, rows, PW]
@@ -327,6 +414,43 @@ Blocks view(const BlockWeights& w) {
           w.bits == 8 ? 32 : 32 + 8 * (w.bits - 4)};
 }
 
+// Rows x [n, in] as int8 q [n, in] every 32 inputs times scale = max |x| / 127 (q = x * (127 / max |x|)
+// rounded to nearest even); per group of `group` inputs (16 or 32): the scale of its 32 and the sum of its
+// q times that scale.
+void quantize_rows(const float* x, int64_t n, int64_t in, int64_t group, int8_t* q, float* sums, float* scales) {
+  const int64_t groups = in / group, per_block = 32 / group;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t k = 0; k < in / 32; ++k) {
+      const float* v = x + r * in + k * 32;
+      int8_t* out = q + r * in + k * 32;
+      int32_t count[2] = {0, 0};
+      float amax = 0.0f;
+#ifdef SPECDECODE_INT8_ROWS
+      const __m512 a = _mm512_loadu_ps(v), b = _mm512_loadu_ps(v + 16);
+      amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+      const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+      const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
+      _mm_storeu_si128((__m128i*)out, _mm512_cvtsepi32_epi8(qa));
+      _mm_storeu_si128((__m128i*)(out + 16), _mm512_cvtsepi32_epi8(qb));
+      count[0] = _mm512_reduce_add_epi32(qa);
+      count[1] = _mm512_reduce_add_epi32(qb);
+#else
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::abs(v[j]));
+      const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+      for (int j = 0; j < 32; ++j) {
+        out[j] = int8_t(std::nearbyint(v[j] * inverse));
+        count[j / 16] += out[j];
+      }
+#endif
+      const float scale = amax / 127.0f;
+      for (int64_t h = 0; h < per_block; ++h) {
+        const int64_t g = r * groups + k * per_block + h;
+        sums[g] = scale * float(per_block == 1 ? count[0] + count[1] : count[h]);
+        scales[g] = scale;
+      }
+    }
+}
+
 bool intel_cpu() {
   unsigned eax, ebx, ecx, edx;
   if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
@@ -339,14 +463,31 @@ bool intel_cpu() {
 
 }  // namespace
 
-bool block_rows_bfloat16() {
-  // Intel's bfloat16 dot product (Sapphire Rapids) retires one every two cycles, half the rate of float32
-  // fused multiply-adds, which do the same arithmetic per instruction pair; AMD's (Zen 4) is as fast as them.
-  static const bool choice = [] {
-    if (const char* forced = std::getenv("SPECDECODE_BLOCK_ROWS")) return std::strcmp(forced, "bfloat16") == 0;
-    return bfloat16_pairs() && !intel_cpu();
+BlockRows block_rows() {
+  // Integer dot products (AVX512_VNNI) take 64 products an instruction against 16 for float32 fused
+  // multiply-adds and 32 for the bfloat16 dot product, which on Intel (Sapphire Rapids) retires at half the
+  // rate of the others; measured on one core here: 270, 100 and 50 G products/s.
+  static const BlockRows choice = [] {
+    const char* forced = std::getenv("SPECDECODE_BLOCK_ROWS");
+    const std::string want = forced ? forced : "";
+#ifdef SPECDECODE_INT8_ROWS
+    if (want.empty() || want == "int8") return BlockRows::Int8;
+#endif
+    if (bfloat16_pairs() && (want == "bfloat16" || (want.empty() && !intel_cpu()))) return BlockRows::BFloat16;
+    return BlockRows::Float32;
   }();
-  return choice && bfloat16_pairs();
+  return choice;
+}
+
+std::string block_rows_name() {
+  switch (block_rows()) {
+    case BlockRows::Int8:
+      return "int8";
+    case BlockRows::BFloat16:
+      return "bfloat16";
+    default:
+      return "float32";
+  }
 }
 
 BlockWeights::BlockWeights(at::Tensor codes_, at::Tensor scales_, at::Tensor mins_, at::Tensor d_, at::Tensor dmin_,
@@ -411,27 +552,36 @@ at::Tensor block_linear(at::Tensor x, const BlockWeights& w, c10::optional<at::T
   const float* b = bias.has_value() ? bf.data_ptr<float>() : nullptr;
   const bool bf16_result = x.scalar_type() == at::kBFloat16 && !float_result;
   auto y = at::empty({n, w.out}, x.options().dtype(bf16_result ? at::kBFloat16 : at::kFloat));
-  const bool pairs = block_rows_bfloat16();
-  const auto rows = (pairs ? x.to(at::kBFloat16) : x.to(at::kFloat)).contiguous();
-  // each row's input sums per group, in input order, from the rows as the kernel reads them
+  const BlockRows mode = block_rows();
+  const auto rows = (mode == BlockRows::BFloat16 ? x.to(at::kBFloat16) : x.to(at::kFloat)).contiguous();
   const auto widened = rows.to(at::kFloat).contiguous();
-  auto xsum = at::empty({n, groups}, at::kFloat);
   const float* xf = widened.data_ptr<float>();
-  float* xs = xsum.data_ptr<float>();
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t g = 0; g < groups; ++g) {
-      float total = 0.0f;
-      for (int64_t i = g * w.group; i < (g + 1) * w.group; ++i) total += xf[r * w.in + i];
-      xs[r * groups + g] = total;
-    }
+  // int8 rows: each 32 inputs of a row as int8 times a scale (amax / 127, rounded to nearest even), and per
+  // group the sum of the quantized values times their scale; other rows: each group's sum in input order
+  auto quantized = at::empty({mode == BlockRows::Int8 ? n * w.in : 0}, at::kChar);
+  auto xsum = at::empty({n, groups}, at::kFloat), xscale = at::empty({n, groups}, at::kFloat);
+  int8_t* xq = quantized.data_ptr<int8_t>();
+  float *xs = xsum.data_ptr<float>(), *xsc = xscale.data_ptr<float>();
+  if (mode == BlockRows::Int8)
+    quantize_rows(xf, n, w.in, w.group, xq, xs, xsc);
+  else
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        float total = 0.0f;
+        for (int64_t i = g * w.group; i < (g + 1) * w.group; ++i) total += xf[r * w.in + i];
+        xs[r * groups + g] = total;
+      }
   const Blocks blocks = view(w);
   auto run = [&](auto* yp) {
 #ifdef SPECDECODE_BF16_PAIRS
-    if (pairs)
-      return block_kernel(n, reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>()), xs, blocks, b, yp,
-                          w.out);
+    if (mode == BlockRows::BFloat16)
+      return block_kernel(n, reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>()), xs, nullptr, blocks,
+                          b, yp, w.out);
 #endif
-    block_kernel(n, rows.data_ptr<float>(), xs, blocks, b, yp, w.out);
+#ifdef SPECDECODE_INT8_ROWS
+    if (mode == BlockRows::Int8) return block_kernel(n, xq, xs, xsc, blocks, b, yp, w.out);
+#endif
+    block_kernel(n, xf, xs, nullptr, blocks, b, yp, w.out);
   };
   if (bf16_result)
     run(reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()));

@@ -89,7 +89,7 @@ void Decoder::add_projection(at::Tensor weight, c10::optional<at::Tensor> bias, 
 
 void Decoder::add_block_projection(const BlockWeights& weights, c10::optional<at::Tensor> bias) {
   projections_.push_back({at::Tensor(), bias, c10::nullopt, weights.out, weights});
-  bfloat16_rows_ = bfloat16_rows_ && block_rows_bfloat16();
+  bfloat16_rows_ = bfloat16_rows_ && block_rows() == BlockRows::BFloat16;
 }
 
 void Decoder::set_block_embedding(const BlockWeights& weights) { block_embed_ = weights; }

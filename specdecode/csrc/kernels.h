@@ -35,8 +35,12 @@ struct BlockWeights {
   int64_t out, in, bits, group, superblock;
 };
 
-// Whether block_linear takes its rows in bfloat16 (through the bfloat16 dot product) rather than float32.
-bool block_rows_bfloat16();
+// How block_linear multiplies, fixed for the process: rows quantized to int8 every 32 inputs against the codes
+// through integer dot products (AVX512_VNNI, as llama.cpp does), bfloat16 rows through the
+// bfloat16 dot product, or float32 rows; SPECDECODE_BLOCK_ROWS=int8|bfloat16|float32 chooses.
+enum class BlockRows { Float32, BFloat16, Int8 };
+BlockRows block_rows();
+std::string block_rows_name();
 
 // x [n, in] @ W^T (+ bias) -> [n, out] in x's dtype, or float32 if float_result.
 at::Tensor block_linear(at::Tensor x, const BlockWeights& w, c10::optional<at::Tensor> bias, bool float_result);

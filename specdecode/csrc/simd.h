@@ -54,6 +54,9 @@ inline vec nibbles(const uint8_t* p) {  // 8 bytes -> lanes 0..7 low nibbles, 8.
   const __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, high));
   return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
 }
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__BMI2__)
+#define SPECDECODE_INT8_ROWS 1  // integer dot products for block weights against int8 rows
+#endif
 #if defined(__AVX512BF16__)
 #define SPECDECODE_BF16_PAIRS 1  // the CPU's bfloat16 dot product: two inputs a step for bfloat16 rows
 using pairs = __m512bh;          // W pairs of bfloat16
