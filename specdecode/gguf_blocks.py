@@ -253,11 +253,12 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modul
     if extension() is None:
         raise RuntimeError("GGUF blocks need specdecode's compiled kernels, which cannot be built here")
     path = Path(path)
-    reader = GGUFReader(str(path))
+    reader = _parsed(path, GGUFReader)
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
     if arch not in SUPPORTED_ARCHS:
         raise NotImplementedError(f"GGUF architecture {arch!r} (blocks supported for {', '.join(SUPPORTED_ARCHS)})")
-    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    with reusing_parse(path):
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     config_dict = config.to_dict()
@@ -323,6 +324,42 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modul
     model.generation_config = GenerationConfig.from_model_config(model.config)
     log.info("%s: %d tensors kept in blocks, %d dequantized", path.name, len(blocks_of), len(state))
     return model.eval()
+
+
+_last_parse: dict[Path, object] = {}  # the latest file's parsed GGUFReader (one), until its tokenizer is loaded
+
+
+def _parsed(path: Path, reader_type):
+    """The file's GGUFReader, parsed once for the model, its config and its tokenizer (a 150k-token vocabulary
+    takes gguf-py about 14 s to parse)."""
+    key = path.resolve()
+    if key not in _last_parse:
+        _last_parse.clear()
+        _last_parse[key] = reader_type(str(path))
+    return _last_parse[key]
+
+
+@contextlib.contextmanager
+def reusing_parse(path: str | Path, forget: bool = False):
+    """Within it, gguf.GGUFReader(path) (as transformers calls it for configs and tokenizers) returns the parse
+    `load_gguf` made of `path`, if any; `forget` drops that parse afterwards."""
+    import gguf
+
+    real = gguf.GGUFReader
+    key = Path(path).resolve()
+
+    def reader(where, *args, **kwargs):
+        if Path(where).resolve() == key and key in _last_parse:
+            return _last_parse[key]
+        return real(where, *args, **kwargs)
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real
+        if forget:
+            _last_parse.pop(key, None)
 
 
 def _return_freed_memory() -> None:

@@ -86,6 +86,11 @@ def load_model(
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    if source.endswith(".gguf"):
+        from specdecode.gguf_blocks import reusing_parse
+
+        with reusing_parse(source, forget=True):  # the parse the model's loading made, if any
+            return _load(AutoTokenizer, source, "tokenizer")
     return _load(AutoTokenizer, source, "tokenizer")
 
 
