@@ -20,7 +20,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,20 +31,16 @@ from specdecode.bench.machine import cpu_name
 
 
 def run_llama(binary: Path, args: list[str], prompt: str, env: dict) -> tuple[str, float, float, dict]:
-    """(output text, prompt seconds, decode tokens/s, extra numbers) from one llama.cpp run."""
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(prompt)
-    try:
-        done = subprocess.run(
-            [str(binary), *args, "-f", f.name],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=900,
-            stdin=subprocess.DEVNULL,
-        )
-    finally:
-        os.unlink(f.name)
+    """(output text, prompt seconds, decode tokens/s, extra numbers) from one llama.cpp run. The prompt goes as
+    an argument: read from a file (-f), llama.cpp drops its final newline."""
+    done = subprocess.run(
+        [str(binary), *args, "-p", prompt],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
     if done.returncode:
         raise RuntimeError(f"{binary.name} failed ({done.returncode}): {done.stderr[-2000:]}")
     log = done.stderr

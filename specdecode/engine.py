@@ -220,7 +220,8 @@ class SpeculativeDecoder:
         a verify pass still gives each token the bits of one-token decoding) or "modules".
         `draft_quantization`: "none", "int8", "int4", or "auto" (the default: `AUTO_DRAFT_QUANTIZATION`,
         the fastest measured here, where the draft runs on the small-rows kernels with float32 or
-        bfloat16 weights; else unquantized).
+        bfloat16 weights; else unquantized). A GGUF draft in blocks: "auto" and "int4" re-quantize its
+        blocks of more than 4-bit codes to 4 bits (`gguf_blocks.to_4_bits`: cheaper guesses, same output).
         `draft_decoder`: "compiled" (the default: a Llama-family draft on the small-rows kernels runs
         through `specdecode.compiled_decoder`, about twice as fast a guess; other drafts through their
         modules) or "modules".
@@ -247,7 +248,8 @@ class SpeculativeDecoder:
         if draft_layers is not None:
             draft_model = first_layers(target_model, draft_layers)
         elif draft is not None:
-            draft_model = load_model(draft, draft_dtype or dtype, device, gguf_blocks=blocks)
+            four_bits = blocks and draft_quantization in ("auto", "int4")
+            draft_model = load_model(draft, draft_dtype or dtype, device, gguf_blocks=blocks, draft_4_bits=four_bits)
             draft_tokenizer = load_tokenizer(draft)
         else:
             draft_model = None

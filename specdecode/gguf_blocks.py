@@ -233,11 +233,31 @@ def has_blocks(model: nn.Module | None) -> bool:
     return model is not None and any(isinstance(m, BlockLinear) for m in model.modules())
 
 
+def to_4_bits(parts: Parts, chunk_rows: int = 8192) -> Parts:
+    """`parts` re-quantized to Q4_1 blocks (4-bit codes, a scale and a minimum per 32 inputs) from their exact
+    values, unless already 4-bit: for a draft, whose weights change its guesses, never the output."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    if parts.bits == 4:
+        return parts
+    out, size = parts.codes.shape
+    raw = np.concatenate(
+        [
+            quantize(parts.take_rows(np.arange(r, min(out, r + chunk_rows))).dense().astype(np.float32), T.Q4_1)
+            for r in range(0, out, chunk_rows)
+        ]
+    )
+    return split(raw, T.Q4_1, out, size)
+
+
 SUPPORTED_ARCHS = ("llama", "qwen2")  # GGUF architectures whose tensors load into blocks here
 
 
-def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, draft_4_bits: bool = False) -> nn.Module:
     """A causal LM from a .gguf file with its quantized projections and embedding kept in blocks.
+
+    `draft_4_bits`: blocks with more than 4-bit codes are re-quantized to 4 bits (`to_4_bits`; for drafts).
 
     Tensors of other types (float32, float16, unsupported quantizations) are dequantized. Raises
     NotImplementedError for architectures other than SUPPORTED_ARCHS (load those dequantized instead).
@@ -273,6 +293,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Modul
             return None
         out, size = int(tensor.shape[1]), int(tensor.shape[0])
         parts = split(np.asarray(tensor.data).reshape(out, -1), tensor.tensor_type, out, size)
+        if draft_4_bits:
+            parts = to_4_bits(parts)
         if arch == "llama" and (".attn_q." in tensor.name or ".attn_k." in tensor.name):  # llama.cpp's order
             order = processor.process(np.arange(out)[:, None], tensor.name).weights[:, 0]
             parts = parts.take_rows(order)

@@ -65,12 +65,17 @@ def _load(loader, source: str, what: str, **kwargs):
 
 
 def load_model(
-    source: str, dtype: str | torch.dtype = "auto", device: str = "cpu", gguf_blocks: bool = False
+    source: str,
+    dtype: str | torch.dtype = "auto",
+    device: str = "cpu",
+    gguf_blocks: bool = False,
+    draft_4_bits: bool = False,
 ) -> PreTrainedModel:
     """A causal LM in eval mode from a hub id, a local folder or a .gguf file.
 
     `gguf_blocks`: a .gguf file's quantized weights stay in their blocks (`specdecode.gguf_blocks`, CPU,
-    Llama and Qwen2 architectures; others, and machines where the kernels do not build, are dequantized).
+    Llama and Qwen2 architectures; others, and machines where the kernels do not build, are dequantized);
+    `draft_4_bits`: blocks of more than 4-bit codes re-quantized to 4 bits (a draft's).
     """
     if gguf_blocks and source.endswith(".gguf") and device == "cpu":
         from specdecode import gguf_blocks as blocks
@@ -78,7 +83,7 @@ def load_model(
         _source_kwargs(source)  # a missing file says so
         chosen = parse_dtype(dtype)
         try:
-            return blocks.load_gguf(source, torch.bfloat16 if chosen == "auto" else chosen)
+            return blocks.load_gguf(source, torch.bfloat16 if chosen == "auto" else chosen, draft_4_bits)
         except (NotImplementedError, RuntimeError) as err:
             log.warning("%s: weights dequantized (%s)", source, err)
     model = _load(AutoModelForCausalLM, source, "model", dtype=parse_dtype(dtype))

@@ -21,7 +21,7 @@ from gguf.quants import dequantize
 from tiny_models import make_tokenizer
 
 from specdecode import SpeculativeDecoder, compiled_decoder
-from specdecode.gguf_blocks import BLOCK_TYPES, has_blocks, load_gguf, pack, split
+from specdecode.gguf_blocks import BLOCK_TYPES, BlockLinear, has_blocks, load_gguf, pack, split, to_4_bits
 from specdecode.kernels import extension
 
 pytestmark = pytest.mark.skipif(extension() is None, reason="the compiled kernels do not build here")
@@ -92,6 +92,17 @@ def test_block_kernel_matches_float64_and_rows_are_bit_identical(name, out, size
     assert np.abs(y.double().numpy() - exact_rows).max() <= 2e-2 * np.abs(exact_rows).max()
     for n in (1, 3, 8, 9):  # the same bits whatever the number of rows
         assert torch.equal(extension().block_linear(x[:n], weights, None, True), y[:n])
+
+
+@pytest.mark.parametrize("name", ["Q5_0", "Q6_K", "Q8_0"])
+def test_drafts_re_quantized_to_4_bits_stay_close(name):
+    qtype = getattr(T, name)
+    parts = split(random_blocks(qtype, 24, 512, np.random.default_rng(2)), qtype, 24, 512)
+    four = to_4_bits(parts)
+    assert four.bits == 4 and to_4_bits(four) is four
+    exact, approx = parts.dense(), four.dense()
+    spread = np.ptp(exact.reshape(24, -1, 32), axis=2).repeat(32, axis=1)  # each block's range
+    assert np.all(np.abs(approx - exact) <= spread / 15 / 2 * 1.01 + 1e-4 * np.abs(exact).max())
 
 
 def test_block_kernel_bias_and_bfloat16_result():
@@ -223,6 +234,13 @@ def test_from_pretrained_loads_gguf_blocks_and_dequantized(tiny_files, monkeypat
     monkeypatch.setattr("specdecode.engine.load_tokenizer", lambda source: make_tokenizer())
     blocks = SpeculativeDecoder.from_pretrained(str(tiny_files / "target.gguf"), proposer="ngram")
     assert has_blocks(blocks.target.model) and blocks.target.decoder is not None
+    file = str(tiny_files / "target.gguf")
+    dec = SpeculativeDecoder.from_pretrained(file, file)  # the draft's blocks re-quantized to 4 bits
+    draft = dec.proposer.draft.model
+    assert all(m.blocks.bits == 4 for m in draft.modules() if isinstance(m, BlockLinear))
+    plain = dec.generate("def f(x):", 30, num_speculative_tokens=0, ignore_eos=True)
+    fast = dec.generate("def f(x):", 30, num_speculative_tokens=3, ignore_eos=True)
+    assert fast.token_ids == plain.token_ids and fast.stats.accepted > 0
     plain = SpeculativeDecoder.from_pretrained(str(tiny_files / "target.gguf"), gguf="dequantize", proposer="ngram")
     assert not has_blocks(plain.target.model) and plain.target.decoder is None
     with pytest.raises(ValueError, match="gguf must be one of"):
