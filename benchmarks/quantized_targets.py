@@ -30,8 +30,17 @@ def main() -> int:
     ap.add_argument("--name", default="quantized_targets")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    kinds = ("none", "int8", "int4")
-    decoders = {q: SpeculativeDecoder.from_pretrained(args.target, quantization=q, proposer="ngram") for q in kinds}
+    configs = {  # name -> (quantization, target decoder)
+        "none": ("none", "modules"),
+        "none, compiled": ("none", "compiled"),
+        "int8": ("int8", "compiled"),
+        "int4": ("int4", "compiled"),
+    }
+    kinds = tuple(configs)
+    decoders = {
+        name: SpeculativeDecoder.from_pretrained(args.target, quantization=q, target_decoder=d, proposer="ngram")
+        for name, (q, d) in configs.items()
+    }
     prompts = humaneval_prompts(args.prompts)
     runs: dict[str, list[dict]] = {q: [] for q in kinds}
     for i, prompt in enumerate(prompts):
@@ -64,7 +73,7 @@ def main() -> int:
         decoder = "compiled" if decoders[q].target.decoder is not None else "modules"
         same = [r["same_first_tokens"] for r in runs[q]]
         summary[q] = {"decode_tok_s": tps, "decoder": decoder, "same_first_tokens": same}
-        label = "checkpoint's (bfloat16)" if q == "none" else q
+        label = q.replace("none", "checkpoint's (bfloat16)")
         lines.append(f"| {label} | {decoder} | {tps:.1f} | {tps / base:.2f}x | {same} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"command": command, "cpu": cpu_name(), "summary": summary, "runs": runs}

@@ -107,7 +107,9 @@ def describe_kernels(model: nn.Module) -> str:
     from specdecode.gguf_blocks import has_blocks
 
     if has_blocks(model):
-        return f"GGUF blocks, {extension().block_rows()} rows ({extension().instruction_set()})"
+        rows = extension().block_rows()
+        how = "AVX-512 VNNI integer dot products" if rows == "int8" else extension().instruction_set()
+        return f"GGUF blocks, {rows} rows ({how})"
     if any(isinstance(m, FastLinear) for m in model.modules()):
         return f"small-rows ({extension().instruction_set()})"
     return "stock (PyTorch's)"

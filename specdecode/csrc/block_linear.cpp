@@ -89,9 +89,12 @@ struct Blocks {
   }
 };
 
-template <int N>
-constexpr int block_panels_per_tile() {  // N * NP accumulators twice, NP factor pairs and operand pairs
-  const int np = (REGISTERS - 4) / (2 * N + 4);
+// Panels a tile of N rows holds: float and bfloat16 rows keep N * NP accumulators twice (the group's and the
+// total), NP factor pairs and operand pairs in registers; int8 rows keep only the group's integer sums there
+// (the totals, touched once a group, stay in memory), so that up to 8 rows still share 2 panels' codes.
+template <int N, typename X>
+constexpr int block_panels_per_tile() {
+  const int np = std::is_same_v<X, int8_t> ? (REGISTERS - 1) / (N + 3) : (REGISTERS - 4) / (2 * N + 4);
   return np < 1 ? 1 : (np > 4 ? 4 : np);
 }
 
@@ -272,9 +275,8 @@ void int8_tile(const Blocks& w, const int8_t* x, const float* xsum, const float*
                int64_t sb1, float* acc_buf, bool first) {
   const int64_t groups = w.groups(), in = w.in;
   const vec offset = vset(C == Codes::Signed8 ? 128.0f : 0.0f);
-  vec acc[N][NP];
-  for (int r = 0; r < N; ++r)
-    for (int q = 0; q < NP; ++q) acc[r][q] = first ? vzero() : vload(acc_buf + (q * N + r) * PW);
+  if (first)
+    for (int k = 0; k < N * NP * PW; k += W) vstore(acc_buf + k, vzero());
   for (int64_t g = sb0 * w.superblock / w.group; g < sb1 * w.superblock / w.group; ++g) {
     vec s[NP], m[NP];
     __m512i dots[N][NP];
@@ -305,12 +307,12 @@ void int8_tile(const Blocks& w, const int8_t* x, const float* xsum, const float*
     }
     for (int r = 0; r < N; ++r) {
       const vec scale = vset(xscale[r * groups + g]), total = vset(xsum[r * groups + g]);
-      for (int q = 0; q < NP; ++q)
-        acc[r][q] = vfma(m[q], total, vfma(vmul(s[q], scale), _mm512_cvtepi32_ps(dots[r][q]), acc[r][q]));
+      for (int q = 0; q < NP; ++q) {
+        float* a = acc_buf + (q * N + r) * PW;
+        vstore(a, vfma(m[q], total, vfma(vmul(s[q], scale), _mm512_cvtepi32_ps(dots[r][q]), vload(a))));
+      }
     }
   }
-  for (int r = 0; r < N; ++r)
-    for (int q = 0; q < NP; ++q) vstore(acc_buf + (q * N + r) * PW, acc[r][q]);
 }
 #endif
 
@@ -341,7 +343,7 @@ template <typename X>
 void block_group(int rows, const Blocks& w, const X* x, const float* xsum, const float* xscale, int64_t p, int np,
                  int64_t sb0, int64_t sb1, float* acc, bool first) {
   auto run = [&](auto n_rows) {
-    constexpr int N = decltype(n_rows)::value, NP = block_panels_per_tile<N>();
+    constexpr int N = decltype(n_rows)::value, NP = block_panels_per_tile<N, X>();
     if (np == NP) return tile<N, NP>(w, x, xsum, xscale, p, sb0, sb1, acc, first);
     for (int q = 0; q < np; ++q) tile<N, 1>(w, x, xsum, xscale, p + q, sb0, sb1, acc + q * N * PW, first);
   };
@@ -355,10 +357,10 @@ void block_group(int rows, const Blocks& w, const X* x, const float* xsum, const
   }
 }
 
-template <int... N>
+template <typename X, int... N>
 constexpr int tile_panels(int n, std::integer_sequence<int, N...>) {
   int np = 1;
-  ((np = n == N ? block_panels_per_tile<N>() : np), ...);
+  ((np = n == N ? block_panels_per_tile<N, X>() : np), ...);
   return np;
 }
 
@@ -366,7 +368,7 @@ template <typename X, typename Y>
 void block_kernel(int64_t n, const X* x, const float* xsum, const float* xscale, const Blocks& w, const float* bias,
                   Y* y, int64_t out) {
   const int64_t panels = (out + PW - 1) / PW, superblocks = w.in / w.superblock;
-  const int np = tile_panels(int(std::min<int64_t>(n, GROUP)), std::make_integer_sequence<int, 9>{});
+  const int np = tile_panels<X>(int(std::min<int64_t>(n, GROUP)), std::make_integer_sequence<int, 9>{});
   const int64_t sb_bytes = w.superblock / w.step * w.step_bytes;
   const int64_t chunk = n <= GROUP ? superblocks : std::max<int64_t>(1, CHUNK_BYTES / (np * sb_bytes));
   at::parallel_for(0, (panels + np - 1) / np, 1, [&](int64_t begin, int64_t end) {
