@@ -91,7 +91,7 @@ def accept_tree_greedy(tokens: list[int], parents: list[int], target_logits: tor
 def accept_tree_sampled(
     tokens: list[int], parents: list[int], target_probs: torch.Tensor, generator: torch.Generator | None
 ) -> tuple[list[int], int]:
-    """Recursive rejection over siblings (SpecInfer; guide section 2) for deterministic guesses.
+    """Recursive rejection over siblings (SpecInfer; docs/design.md, section 2) for deterministic guesses.
 
     At a node with target distribution p, try its children in order: accept child x with
     probability p(x); on rejection p <- norm(max(0, p - one-hot(x))), i.e. x removed. Descend into

@@ -1,4 +1,4 @@
-"""How many tokens to guess: the expected-speedup formulas of the guide (section 2).
+"""How many tokens to guess: the expected-speedup formulas of docs/design.md, section 3.
 
 Costs are relative to one target pass over one token: `draft_cost` is one draft token and
 `verify_cost[n]` is one target pass over n tokens (1.0 at n = 1; on a GPU about 1.0 for small n,
@@ -89,7 +89,7 @@ class HeuristicK:
 
 
 class AutoK:
-    """K maximising expected tokens per second, each step (guide section 2).
+    """K maximising expected tokens per second, each step (docs/design.md, section 3).
 
     Acceptance is estimated per position: rates[i] = P(guess i + 1 accepted | all before it were),
     from the guesses examined there, decayed each time the position is examined (a memory of about

@@ -70,8 +70,8 @@ class DecodeStats:
 
     @property
     def token_acceptance(self) -> float:
-        """Estimated chance that one guess is accepted given all before it were: the alpha of the
-        guide's formulas (guesses after a rejection are never examined, so they are not counted)."""
+        """Estimated chance that one guess is accepted given all before it were: the alpha of the formulas
+        of docs/design.md, section 3 (guesses after a rejection are never examined, so they are not counted)."""
         examined = self.accepted + self.rejections
         return self.accepted / examined if examined else 0.0
 

@@ -69,7 +69,7 @@ def test_pass_cost_interpolates_and_extrapolates_the_curve():
 
 
 @pytest.mark.parametrize("alpha, k", [(0.8, 4), (0.5, 2), (0.0, 3)])
-def test_theoretical_speedup_is_the_guides_formula_for_a_fixed_k(alpha, k):
+def test_theoretical_speedup_is_the_design_formula_for_a_fixed_k(alpha, k):
     """A chain at fixed K with acceptance alpha: the bound equals policy.expected_speedup."""
     t1, c = 0.25, 0.3  # seconds per target token; draft token cost relative to it
     curve = {n: t1 * (1 + 0.1 * (n - 1)) for n in range(1, 10)}
@@ -205,7 +205,7 @@ def test_report_compares_time_per_token_and_prefixes_when_a_run_stops_at_eos():
 
 def test_report_bound_counts_the_draft_time_of_every_run():
     """Made-up results: two chain runs of K = 2, each 10 passes of 3 tokens, 1 s of draft time each;
-    the row's bound is the guide's formula with 0.1 s of draft per pass, not with none."""
+    the row's bound is the formula of docs/design.md §3 with 0.1 s of draft per pass, not with none."""
     from specdecode.bench.report import summarize
 
     def run(method, stats, prompt):

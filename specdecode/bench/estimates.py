@@ -79,7 +79,7 @@ def theoretical_speedup(
     draft_s_per_pass: float,
     verify_s: Mapping[int, float],
 ) -> float:
-    """The speedup over target-only decoding that the measured acceptance and costs allow (guide §2):
+    """The speedup over target-only decoding that the measured acceptance and costs allow (docs/design.md §3):
 
         tokens per target pass * t(1) / (draft seconds per pass + mean over passes of t(width * depth + 1))
 

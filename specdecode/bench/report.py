@@ -161,7 +161,7 @@ def render_markdown(results: dict, rows: Sequence[Row]) -> str:
         "geometric mean of the paired ratios of time per token with a 95% Student-t interval; times "
         "include the prompt's pass, the same for every method. The decoding bound is the speedup the "
         "measured acceptance allows with the measured costs (tokens per target pass x t(1) / (draft time per "
-        "pass + t(tokens checked)), guide §2); the whole-run bound adds the prompt's pass, which no method "
+        "pass + t(tokens checked)), docs/design.md §3); the whole-run bound adds the prompt's pass, which no method "
         "shortens (its share of the baseline's time is in the baseline row): 1 / (share + (1 - share) / "
         "bound). Speedup / bound (whole run) shows how much the rest (sampling, bookkeeping, noise) took. "
         "Acceptance = accepted / drafted guesses; mean acceptance length = tokens "
