@@ -191,10 +191,6 @@ def pack(parts: Parts):
     )
 
 
-def packed_bytes(blocks) -> int:
-    return sum(t.numel() * t.element_size() for t in (blocks.codes, blocks.scales, blocks.mins, blocks.d, blocks.dmin))
-
-
 class BlockLinear(nn.Module):
     """nn.Linear at inference through the block kernel: y = x @ W^T + b, W kept as quantized blocks.
     Each row's result has the same bits whatever the rows around it. CPU only."""
