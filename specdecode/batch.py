@@ -13,7 +13,7 @@ seed alone (token for token up to floating-point rounding of the batched matrix 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -202,7 +202,11 @@ def generate_batch(
     for ids in encoded:  # every prompt checked before any work
         dec.check_request(len(ids), max_new_tokens, num_speculative_tokens)
     if dec.target.decoder is not None:  # a compiled target's cache holds one sequence: rows one after another
-        return _one_at_a_time(dec, encoded, max_new_tokens, num_speculative_tokens, sampling, ignore_eos, n)
+        seed = (lambda row: None) if sampling.seed is None else (lambda row: sampling.seed + row)
+        rows = [(ids, replace(sampling, seed=seed(p * n + c))) for p, ids in enumerate(encoded) for c in range(n)]
+        return _one_at_a_time(
+            rows, lambda ids, params: dec.generate(ids, max_new_tokens, num_speculative_tokens, params, ignore_eos)
+        )
     batch = BatchDecoder(dec, num_speculative_tokens)
     for p, ids in enumerate(encoded):
         seed = None if sampling.seed is None else sampling.seed + p * n
@@ -211,23 +215,11 @@ def generate_batch(
 
 
 def _one_at_a_time(
-    dec: SpeculativeDecoder,
-    encoded: list[list[int]],
-    max_new_tokens: int,
-    num_speculative_tokens: int,
-    sampling: SamplingParams,
-    ignore_eos: bool,
-    n: int,
+    rows: list[tuple[list[int], SamplingParams]], decode: Callable[[list[int], SamplingParams], GenerationResult]
 ) -> BatchResult:
-    """The batch's rows decoded alone in order (row p * n + c seeded seed + p * n + c), as a BatchResult."""
+    """Each row (prompt ids, its sampling) decoded alone, in order, as a BatchResult."""
     start = time.perf_counter()
-    results = BatchResult()
-    for p, ids in enumerate(encoded):
-        for c in range(n):
-            seed = None if sampling.seed is None else sampling.seed + p * n + c
-            results.append(
-                dec.generate(ids, max_new_tokens, num_speculative_tokens, replace(sampling, seed=seed), ignore_eos)
-            )
+    results = BatchResult(decode(ids, params) for ids, params in rows)
     total = DecodeStats()
     for row in results:
         total.add(row.stats)

@@ -260,6 +260,10 @@ class SpeculativeDecoder:
         quantized = draft_quantization != "none"
         if chosen and quantized and draft_model is None:
             raise ValueError(f"draft_quantization={draft_quantization!r} needs a draft model")
+        if quantization != "none" and has_blocks(target_model):
+            raise ValueError(
+                f"quantization={quantization!r} applies to Hugging Face checkpoints; a GGUF file keeps its own blocks"
+            )
         if quantization != "none" and not fast:
             raise ValueError(f"quantization={quantization!r} needs the small-rows kernels (kernels='small-rows')")
         if fast and use_small_rows_path(target_model, quantization) == 0 and quantization != "none":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from specdecode.fastlinear import to_panels
 from specdecode.kernels import extension
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,8 @@ BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
 
 def _panels(a: np.ndarray) -> torch.Tensor:
-    """[out, k] -> [panels, k, PANEL], zero rows past `out`."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    padded = t.new_zeros(-(-t.shape[0] // PANEL) * PANEL, t.shape[1])
-    padded[: t.shape[0]] = t
-    return padded.reshape(-1, PANEL, t.shape[1]).transpose(1, 2).contiguous()
+    """[out, k] numpy -> [panels, k, PANEL] (`fastlinear.to_panels`: zero rows past `out`)."""
+    return to_panels(torch.from_numpy(np.ascontiguousarray(a)))
 
 
 def _half(a: np.ndarray) -> torch.Tensor:
@@ -282,7 +280,6 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, draft_4_bit
     to_hf = get_gguf_hf_weights_map(model, processor)
     tensors = {t.name: t for t in reader.tensors}
     block_types = {getattr(GGMLQuantizationType, name) for name in BLOCK_TYPES}
-    modules = dict(model.named_modules())
 
     def parts_of(tensor) -> Parts | None:
         if tensor.tensor_type not in block_types:
@@ -303,9 +300,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, draft_4_bit
         return torch.from_numpy(np.array(processor.process(values, tensor.name).weights))
 
     state: dict[str, torch.Tensor] = {}
-    blocks_of: dict[str, object] = {}  # gguf tensor name -> BlockWeights (shared by tied uses)
+    blocks_of: dict[str, object] = {}  # gguf tensor name -> BlockWeights
     embed_name = next(name for name, hf in to_hf.items() if hf.endswith("embed_tokens.weight"))
-    head_name = "output.weight" if "output.weight" in tensors else embed_name  # tied when the file has no output
     for name, tensor in tensors.items():
         hf = to_hf.get(name)
         if hf is None:
@@ -317,18 +313,17 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, draft_4_bit
         else:
             blocks_of[name] = pack(parts)
     for name, blocks in blocks_of.items():
-        hf = to_hf[name]
-        owner, _, leaf = hf.rpartition(".")[0].rpartition(".")
-        parent = modules[owner] if owner else model
+        owner, _, leaf = to_hf[name].removesuffix(".weight").rpartition(".")
+        parent = model.get_submodule(owner)
         if name == embed_name:
             setattr(parent, leaf, BlockEmbedding(blocks, dtype))
         else:
-            bias = state.pop(hf.removesuffix(".weight") + ".bias", None)
-            setattr(parent, leaf, BlockLinear(blocks, bias))
-    if head_name in blocks_of and not isinstance(model.lm_head, BlockLinear):
-        model.lm_head = BlockLinear(blocks_of[head_name])
-    elif head_name not in blocks_of and not isinstance(model.lm_head, BlockLinear):
-        state["lm_head.weight"] = state.get("lm_head.weight", state.get(to_hf[embed_name]))
+            setattr(parent, leaf, BlockLinear(blocks, state.pop(f"{owner}.{leaf}.bias", None)))
+    tied = "output.weight" not in tensors  # the output projection is the token embedding
+    if tied and embed_name in blocks_of:
+        model.lm_head = BlockLinear(blocks_of[embed_name])
+    elif tied:
+        state["lm_head.weight"] = state[to_hf[embed_name]]
     missing = model.load_state_dict(state, strict=False, assign=True).missing_keys
     for name, module in model.named_modules():  # rotary frequencies are buffers made at init, not weights
         if any(b is not None and b.is_meta for b in module.buffers(recurse=False)):
@@ -337,7 +332,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, draft_4_bit
     left = [n for n, p in model.named_parameters() if p.is_meta] + [n for n, b in model.named_buffers() if b.is_meta]
     if left:
         raise ValueError(f"{path.name}: no weights for {', '.join(left[:5])} (missing {missing[:5]})")
-    model.config.tie_word_embeddings = head_name == embed_name
+    model.config.tie_word_embeddings = tied
     _return_freed_memory()
     model.generation_config = GenerationConfig.from_model_config(model.config)
     log.info("%s: %d tensors kept in blocks, %d dequantized", path.name, len(blocks_of), len(state))

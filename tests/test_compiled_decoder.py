@@ -122,3 +122,18 @@ def test_a_compiled_draft_keeps_the_output_exact(model_dirs, proposer):
     assert modules.proposer.draft.decoder is None
     with pytest.raises(ValueError, match="draft_decoder must be one of"):
         SpeculativeDecoder.from_pretrained(str(target_dir), str(draft_dir), draft_decoder="fast")
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_a_quantized_target_runs_compiled_and_stays_exact(model_dirs, quantization):
+    """`quantization` changes the target's weights (a new model) and runs it compiled; speculative greedy
+    output is that model's own target-only output, token for token."""
+    target_dir, draft_dir = model_dirs
+    dec = SpeculativeDecoder.from_pretrained(str(target_dir), str(draft_dir), quantization=quantization)
+    assert dec.target.decoder is not None
+    packed = {m.weight.dtype for m in dec.target.model.modules() if isinstance(m, FastLinear)}
+    assert (torch.int8 if quantization == "int8" else torch.uint8) in packed and packed <= {torch.int8, torch.uint8}
+    plain = dec.generate("def f(x):", 40, num_speculative_tokens=0, ignore_eos=True)
+    for k in (3, "auto"):
+        out = dec.generate("def f(x):", 40, num_speculative_tokens=k, ignore_eos=True)
+        assert out.token_ids == plain.token_ids

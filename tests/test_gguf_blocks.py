@@ -243,5 +243,7 @@ def test_from_pretrained_loads_gguf_blocks_and_dequantized(tiny_files, monkeypat
     assert fast.token_ids == plain.token_ids and fast.stats.accepted > 0
     plain = SpeculativeDecoder.from_pretrained(str(tiny_files / "target.gguf"), gguf="dequantize", proposer="ngram")
     assert not has_blocks(plain.target.model) and plain.target.decoder is None
+    with pytest.raises(ValueError, match="a GGUF file keeps its own blocks"):
+        SpeculativeDecoder.from_pretrained(file, proposer="ngram", quantization="int8")
     with pytest.raises(ValueError, match="gguf must be one of"):
         SpeculativeDecoder.from_pretrained(str(tiny_files / "target.gguf"), gguf="fast")
