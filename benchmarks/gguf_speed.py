@@ -193,7 +193,6 @@ def main() -> int:
             "accept": statistics.median(r["accept"] for r in rows) if "accept" in rows[0] else None,
         }
     command = "python benchmarks/gguf_speed.py " + " ".join(sys.argv[1:])
-    rss_mb = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     result = {
         "command": command,
         "cpu": cpu_name(),
@@ -202,7 +201,6 @@ def main() -> int:
         "prompts": len(prompts),
         "load_s": load_s,
         "memory": memory,
-        "rss_mb": rss_mb,
         "summary": summary,
         "runs": runs,
     }

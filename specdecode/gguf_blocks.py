@@ -254,7 +254,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, draft_4_bit
     `draft_4_bits`: blocks with more than 4-bit codes are re-quantized to 4 bits (`to_4_bits`; for drafts).
 
     Tensors of other types (float32, float16, unsupported quantizations) are dequantized. Raises
-    NotImplementedError for architectures other than SUPPORTED_ARCHS (load those dequantized instead).
+    NotImplementedError for architectures other than SUPPORTED_ARCHS, or where the kernels do not build
+    (load those dequantized instead).
     """
     from gguf import GGMLQuantizationType, GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
@@ -265,7 +266,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.bfloat16, draft_4_bit
     )
 
     if extension() is None:
-        raise RuntimeError("GGUF blocks need specdecode's compiled kernels, which cannot be built here")
+        raise NotImplementedError("GGUF blocks need specdecode's compiled kernels, which cannot be built here")
     path = Path(path)
     reader = _parsed(path, GGUFReader)
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")

@@ -84,7 +84,7 @@ def load_model(
         chosen = parse_dtype(dtype)
         try:
             return blocks.load_gguf(source, torch.bfloat16 if chosen == "auto" else chosen, draft_4_bits)
-        except (NotImplementedError, RuntimeError) as err:
+        except NotImplementedError as err:
             log.warning("%s: weights dequantized (%s)", source, err)
     model = _load(AutoModelForCausalLM, source, "model", dtype=parse_dtype(dtype))
     return model.to(device).eval()
