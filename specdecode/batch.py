@@ -23,7 +23,7 @@ from specdecode.output import OutputTracker
 from specdecode.proposers import DraftModelProposer, NgramProposer, Proposal
 from specdecode.proposers.draft_model import draw
 from specdecode.ragged_kv import RaggedCachedModel
-from specdecode.sampling import SamplingParams, Warp, check_finite
+from specdecode.sampling import SEED_RANGE, SamplingParams, Warp, check_finite
 from specdecode.stats import DecodeStats
 
 
@@ -198,6 +198,8 @@ def generate_batch(
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not prompts:
         raise ValueError("the batch has no prompts")
+    if sampling.seed is not None and sampling.seed + len(prompts) * n > SEED_RANGE[1]:
+        raise ValueError(f"seed + rows must stay below 2**64 (row r is seeded seed + r), got seed {sampling.seed}")
     encoded = [dec.encode(prompt) for prompt in prompts]
     for ids in encoded:  # every prompt checked before any work
         dec.check_request(len(ids), max_new_tokens, num_speculative_tokens)

@@ -13,6 +13,7 @@ from specdecode.engine import DRAFT_DECODERS, GGUF_MODES, KERNELS, PROPOSERS, TA
 from specdecode.fastlinear import QUANTIZATIONS
 from specdecode.loading import DTYPES, IncompatibleModelsError, ModelLoadError
 from specdecode.sampling import NonFiniteLogitsError, SamplingParams
+from specdecode.server.config import LIMITS
 
 EXAMPLES = """examples:
   specdecode generate --target Qwen/Qwen2.5-Coder-1.5B-Instruct --draft Qwen/Qwen2.5-Coder-0.5B-Instruct \\
@@ -186,12 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="K when a request does not say (it may send num_speculative_tokens); default auto",
     )
-    srv.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask for")
-    srv.add_argument("--default-max-tokens", type=int, default=256, help="chat requests without max_tokens")
-    srv.add_argument("--max-prompt-tokens", type=int, help="longest prompt accepted (default: the context length)")
-    srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    srv.add_argument("--max-pending", type=int, default=64, help="requests queued + running; more get 429")
-    srv.add_argument("--max-n", type=int, default=16, help="largest n (choices per request)")
+    srv.add_argument(
+        "--allow-no-api-key",
+        action="store_true",
+        help="listen beyond this machine (--host) without --api-key; refused without this flag",
+    )
+    limits = srv.add_argument_group("limits (every request and connection is bounded; defaults in brackets)")
+    for limit in LIMITS:
+        flag, help = "--" + limit.name.replace("_", "-"), limit.metadata["help"]
+        limits.add_argument(flag, type=limit.metadata["type"], default=limit.default, help=f"{help} [{limit.default}]")
     bench = sub.add_parser(
         "bench",
         help="benchmark methods side by side on real workloads; results.json, report.md and plots",
@@ -395,11 +399,17 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
     from specdecode.server import ServerConfig, create_app
+    from specdecode.server.http import is_loopback, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.api_key and not is_loopback(args.host) and not args.allow_no_api_key:
+        print(
+            f"error: --host {args.host} listens beyond this machine and there is no --api-key: anyone who can "
+            "reach it could use the model. Set --api-key (or $SPECDECODE_API_KEY), or pass --allow-no-api-key.",
+            file=sys.stderr,
+        )
+        return 2
     dec = _load(args)
     limits = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if f.name != "model_name"}
     config = ServerConfig(model_name=args.served_model_name or Path(args.target.rstrip("/")).name, **limits)
@@ -407,7 +417,7 @@ def _serve(args: argparse.Namespace) -> int:
     dec.generate("Hello", max_new_tokens=4, num_speculative_tokens=config.num_speculative_tokens)
     dec.reset()
     print(f"serving {config.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(dec, config), host=args.host, port=args.port, log_level="info")
+    serve(create_app(dec, config), args.host, args.port, config.max_connections, config.header_timeout)
     return 0
 
 

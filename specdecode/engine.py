@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from specdecode.proposers import (
     Proposer,
     TreeProposer,
 )
-from specdecode.sampling import SamplingParams, Warp, check_finite, logits_to_probs
+from specdecode.sampling import SamplingParams, Warp, check_finite, check_text, logits_to_probs
 from specdecode.stats import DecodeStats
 
 if TYPE_CHECKING:
@@ -88,13 +89,24 @@ def commit(new_tokens: Sequence[int], tokens: list[int], output: OutputTracker) 
     return committed
 
 
+def checked_sampling(sampling: SamplingParams | None, ignore_eos: bool) -> SamplingParams:
+    """The sampling settings of a call (the defaults for None); TypeError for arguments of the wrong type."""
+    if not isinstance(ignore_eos, bool):
+        raise TypeError(f"ignore_eos must be True or False, got {ignore_eos!r}")
+    if sampling is None:
+        return SamplingParams()
+    if not isinstance(sampling, SamplingParams):
+        raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+    return sampling
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     """A generator seeded with `seed`, or from fresh entropy when it is None."""
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(int(seed))
     return generator
 
 
@@ -290,22 +302,48 @@ class SpeculativeDecoder:
             self.proposer.reset()
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """A string, token ids, or a chat ([{"role", "content"}]) -> prompt token ids."""
+        """A string, token ids (ints, or a 1-D integer tensor), or a chat ([{"role", "content"}]) ->
+        prompt token ids. Anything else is a TypeError; ids outside the vocabulary, text that is not
+        valid Unicode, or a chat the model's template refuses are a ValueError."""
+        if isinstance(prompt, torch.Tensor) and prompt.ndim == 1 and not prompt.is_floating_point():
+            prompt = prompt.tolist()
         if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("the prompt is empty")
-            ids = self.tokenizer.encode(prompt)
-        elif len(prompt) and all(isinstance(m, dict) for m in prompt):
-            text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
-        else:
+            check_text("the prompt", prompt)
+            ids = self.tokenizer.encode(prompt) if prompt else []
+        elif isinstance(prompt, list | tuple) and prompt and all(isinstance(m, dict) for m in prompt):
+            ids = self.tokenizer.encode(self._chat_text(list(prompt)), add_special_tokens=False)
+        elif isinstance(prompt, list | tuple):
+            wrong = [t for t in prompt if not isinstance(t, numbers.Integral) or isinstance(t, bool)]
+            if wrong:
+                raise TypeError(f"prompt token ids must be integers, got {type(wrong[0]).__name__} {wrong[0]!r}")
             ids = [int(t) for t in prompt]
             bad = [t for t in ids if not 0 <= t < self.vocab_size]
             if bad:
                 raise ValueError(f"prompt token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        else:
+            raise TypeError(
+                "prompt must be a string, a list of token ids or a chat (a list of {'role', 'content'} dicts), "
+                f"got {type(prompt).__name__}"
+            )
         if not ids:
             raise ValueError("the prompt is empty")
         return ids
+
+    def _chat_text(self, messages: list[dict]) -> str:
+        """The chat as the model's template writes it, ready for the assistant's reply."""
+        from jinja2 import TemplateError
+
+        for i, message in enumerate(messages):
+            if not isinstance(message.get("role"), str):
+                raise ValueError(f"chat message {i} needs a string 'role'")
+            if isinstance(message.get("content"), str):
+                check_text(f"chat message {i}", message["content"])
+        if self.tokenizer.chat_template is None:
+            raise ValueError("the model has no chat template: send a string prompt")
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError as err:
+            raise ValueError(f"the model's chat template refuses these messages: {err}") from None
 
     def generate(
         self,
@@ -329,8 +367,8 @@ class SpeculativeDecoder:
             from specdecode.batch import generate_batch
 
             prompts = list(prompt) if is_batch(prompt) else [prompt]
-            k = num_speculative_tokens
-            return generate_batch(self, prompts, max_new_tokens, k, sampling or SamplingParams(), ignore_eos, n)
+            k, sampling = num_speculative_tokens, checked_sampling(sampling, ignore_eos)
+            return generate_batch(self, prompts, max_new_tokens, k, sampling, ignore_eos, n)
         *_, (_, output, stats) = self._run(prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos)
         return GenerationResult(output.text, output.token_ids, output.finish_reason, stats)
 
@@ -355,7 +393,7 @@ class SpeculativeDecoder:
         ignore_eos: bool,
     ) -> Iterator[tuple[list[int], OutputTracker, DecodeStats]]:
         """Validate, then run `_decode`, keeping the statistics current after every pass."""
-        sampling = sampling or SamplingParams()
+        sampling = checked_sampling(sampling, ignore_eos)
         if is_batch(prompt):
             raise ValueError("stream takes one prompt; decode several with generate([...])")
         prompt_ids = self.encode(prompt)
@@ -422,7 +460,7 @@ class SpeculativeDecoder:
 
     def check_request(self, prompt_len: int, max_new_tokens: int, k: NumSpeculativeTokens) -> None:
         """Raise ValueError for a request that cannot run: bad max_new_tokens or K, or context overflow."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if k not in ("auto", "heuristic") and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
             raise ValueError(f"num_speculative_tokens must be an integer >= 0, 'auto' or 'heuristic', got {k!r}")

@@ -6,9 +6,12 @@ Everything here is a pure function of its arguments, so the math is tested alone
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 
 import torch
+
+SEED_RANGE = (0, 2**64)  # seeds a torch.Generator takes: [0, 2**64)
 
 
 class NonFiniteLogitsError(ValueError):
@@ -47,24 +50,24 @@ class SamplingParams:
     draft_top_k: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        else:
-            object.__setattr__(self, "stop", tuple(self.stop))
+        """Raise ValueError (TypeError for a wrong type) naming the argument that is not acceptable."""
+        object.__setattr__(self, "stop", _stop_strings(self.stop))
         _check_temperature("temperature", self.temperature)
         _check_top_k("top_k", self.top_k)
-        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+        _check_number("top_p", self.top_p)
+        if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (isinstance(self.min_p, (int, float)) and 0.0 <= self.min_p <= 1.0):
+        _check_number("min_p", self.min_p)
+        if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
         if self.draft_temperature is not None:
             _check_temperature("draft_temperature", self.draft_temperature)
         if self.draft_top_k is not None:
             _check_top_k("draft_top_k", self.draft_top_k)
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.seed is not None:
+            _check_integer("seed", self.seed)
+            if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
+                raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -83,14 +86,48 @@ class SamplingParams:
         return warp
 
 
+def _check_integer(name: str, value) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+
+
+def _check_number(name: str, value) -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+
+
 def _check_temperature(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    _check_number(name, value)
+    if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0 (0 = greedy), got {value!r}")
 
 
 def _check_top_k(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    _check_integer(name, value)
+    if value < 0:
         raise ValueError(f"{name} must be an integer >= 0 (0 = off), got {value!r}")
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    """`stop` (None, a string or strings) as a tuple of non-empty strings of valid text."""
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stops, list | tuple) or not all(isinstance(s, str) for s in stops):
+        raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
+    for s in stops:
+        if not s:
+            raise ValueError("stop strings must not be empty")
+        check_text("stop", s)
+    return tuple(stops)
+
+
+def check_text(name: str, text: str) -> None:
+    """Raise ValueError if `text` is not valid Unicode text (it holds a lone UTF-16 surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name} holds a lone UTF-16 surrogate at position {err.start}, which is not text") from None
 
 
 def check_finite(logits: torch.Tensor, who: str = "model") -> None:
@@ -114,7 +151,9 @@ def logits_to_probs(logits: torch.Tensor, warp: Warp) -> torch.Tensor:
         logits = logits.float()
     if warp.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
-    logits = logits / warp.temperature
+    # shifted to <= 0 and the temperature kept representable: a tiny temperature tends to greedy, never to NaN
+    temperature = max(warp.temperature, torch.finfo(logits.dtype).tiny)
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if 0 < warp.top_k < logits.shape[-1]:
         kth = torch.topk(logits, warp.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
@@ -122,7 +161,8 @@ def logits_to_probs(logits: torch.Tensor, warp: Warp) -> torch.Tensor:
     if warp.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(-1) - sorted_probs  # [..., V]
-        drop_sorted = mass_before >= warp.top_p  # the first token is always kept
+        drop_sorted = mass_before >= warp.top_p
+        drop_sorted[..., 0] = False  # the most likely token is always kept (also when top_p rounds to 0)
         probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
     if warp.min_p > 0.0:
         probs = probs.masked_fill(probs < warp.min_p * probs.amax(-1, keepdim=True), 0.0)

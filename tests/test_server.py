@@ -4,22 +4,16 @@ loopback port), spoken to with the official `openai` client and raw HTTP."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import openai
 import pytest
+from serving import KEY, MODEL, metrics, raw, running_server, send_raw_request
 
 from specdecode import SamplingParams, SpeculativeDecoder
 
-KEY = "test-key"
-MODEL = "tiny"
 K = 3
 LIMITS = {
     "--max-body-bytes": "20000",
@@ -32,41 +26,11 @@ PROMPT = "def add(a, b):"
 CHAT = [{"role": "user", "content": "write a loop"}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
-    target, draft = map(str, model_dirs)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    args = ["serve", "--target", target, "--draft", draft, "--port", str(port), "--api-key", KEY]
-    args += ["--served-model-name", MODEL, "-k", str(K), *[x for kv in LIMITS.items() for x in kv]]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "specdecode", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, log_path.read_text()
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the server did not start:\n" + log_path.read_text())
-    yield {"base": base, "log": log_path}
-    proc.terminate()
-    proc.wait(timeout=30)
+    options = ["-k", str(K), *[x for kv in LIMITS.items() for x in kv]]
+    with running_server(model_dirs, tmp_path_factory.mktemp("server") / "server.log", *options) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +47,6 @@ def reference(model_dirs):
 def expected(reference, prompt, max_tokens, **sampling):
     reference.reset()
     return reference.generate(prompt, max_tokens, num_speculative_tokens=K, sampling=SamplingParams(**sampling))
-
-
-def raw(server, path, body: bytes | None = None, key: str | None = KEY, method: str = "POST"):
-    """(status, JSON body) of a raw HTTP request."""
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-    request = urllib.request.Request(server["base"] + path, data=body, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_completion_is_the_decoders_greedy_output(client, reference):
@@ -241,35 +194,32 @@ def test_a_full_queue_answers_429_and_loses_nothing(server, client):
 
 
 def metric(server, name: str) -> float:
-    request = urllib.request.Request(server["base"] + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
-    for line in urllib.request.urlopen(request, timeout=10).read().decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
+    return metrics(server)[name]
 
 
-def test_a_client_that_disconnects_stops_its_generation(server, client, reference):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_stops_its_generation(server, client, reference, stream):
     prompt = "hello world"
     full = expected(reference, prompt, 220)
-    assert len(full.token_ids) == 220  # uncut, this request would generate 220 tokens (about 1.5 s)
+    assert len(full.token_ids) == 220  # uncut, this request would generate 220 tokens (about 1 s)
     before = metric(server, "specdecode_generation_tokens_total")
-    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 220, "temperature": 0, "stream": True})
-    host, port = server["base"].removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
-        )
-        received = b""
-        while b"data: " not in received:  # headers first, then the first chunk; then hang up
-            part = sock.recv(4096)
-            assert part, "the server closed the stream"
-            received += part
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 220, "temperature": 0, "stream": stream}
+    with send_raw_request(server, body) as sock:
+        if stream:  # headers first, then the first chunk; then hang up
+            received = b""
+            while b"data: " not in received:
+                part = sock.recv(4096)
+                assert part, "the server closed the stream"
+                received += part
+        else:  # hang up once the generation has started
+            while not metric(server, "specdecode_num_requests_running"):
+                time.sleep(0.01)
     deadline = time.time() + 10
     while metric(server, "specdecode_num_requests_running") and time.time() < deadline:
         time.sleep(0.05)
     assert metric(server, "specdecode_num_requests_running") == 0
     generated = metric(server, "specdecode_generation_tokens_total") - before
     assert generated < 150, f"{generated} tokens generated after the client left"
+    assert metrics(server)['specdecode_requests_total{endpoint="/v1/completions",status="499"}'] >= 1
     out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0)  # the slot is free
     assert out.choices[0].finish_reason in ("length", "stop")

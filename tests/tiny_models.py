@@ -75,11 +75,21 @@ def make_model(
     return model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype).eval()
 
 
+# like many real templates, this one refuses a system message after the first and roles that do not alternate
+STRICT_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' and not loop.first %}{{ raise_exception('a system message must come first') }}"
+    "{% elif not loop.first and m['role'] == messages[loop.index0 - 1]['role'] %}"
+    "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+    "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+)
+
+
 def save_model_pair(root, target_layers: int = 3, context: int = 256):
     """A tiny Llama target and 1-layer draft saved as real Hugging Face folders (config, safetensors,
     tokenizer with a chat template) under root/target and root/draft; returns the two paths."""
     tokenizer = make_tokenizer()
-    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    tokenizer.chat_template = STRICT_CHAT_TEMPLATE
     for name, seed, layers in (("target", 0, target_layers), ("draft", 1, 1)):
         model = make_model("llama", len(tokenizer), seed, layers, "float32", init_range=0.3, context=context)
         model.save_pretrained(root / name)

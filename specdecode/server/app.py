@@ -17,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from specdecode.engine import NumSpeculativeTokens, SpeculativeDecoder
-from specdecode.sampling import NonFiniteLogitsError, SamplingParams
+from specdecode.engine import SpeculativeDecoder
+from specdecode.sampling import SEED_RANGE, NonFiniteLogitsError, SamplingParams
+from specdecode.server.config import ServerConfig
 from specdecode.server.metrics import Metrics
 from specdecode.server.protocol import (
     APIError,
@@ -26,27 +27,15 @@ from specdecode.server.protocol import (
     CompletionRequest,
     envelope,
     new_id,
+    openapi_schema,
     speculative,
     usage,
 )
-from specdecode.server.worker import Job, QueueFullError, Worker
+from specdecode.server.worker import DeadlineError, Job, QueueFullError, QueueWaitError, Worker
 from specdecode.stats import DecodeStats
 
 log = logging.getLogger("specdecode.server")
-DISCONNECT_POLL_S = 0.5
-
-
-@dataclass
-class ServerConfig:
-    model_name: str
-    api_key: str | None = None
-    num_speculative_tokens: NumSpeculativeTokens = "auto"  # when a request does not say
-    max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
-    default_max_tokens: int = 256  # chat requests without max_tokens (completions default to 16, as OpenAI)
-    max_prompt_tokens: int | None = None  # None: only the model's context length limits it
-    max_body_bytes: int = 1 << 20
-    max_pending: int = 64  # requests queued + running; more are answered 429
-    max_n: int = 16
+DISCONNECT_POLL_S = 0.2  # how often a request checks that its client is still connected
 
 
 @dataclass
@@ -60,7 +49,7 @@ class Choice:
 def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
     """The app for one decoder; its decoding thread starts now and stops at shutdown."""
     metrics = Metrics()
-    worker = Worker(decoder, config.max_pending, on_tokens=metrics.generation_tokens.inc)
+    worker = Worker(decoder, config.max_pending, config.max_rows, on_tokens=metrics.generation_tokens.inc)
     metrics.watch_queue(running=lambda: worker.running, waiting=lambda: worker.waiting)
     started = int(time.time())
 
@@ -84,8 +73,15 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
-        metrics.requests.labels(endpoint=request.url.path, status=str(err.status)).inc()
+        _count(request, err.status)
+        if err.status < 500:
+            log.info("%s %s -> %d: %s", request.method, request.url.path[:100], err.status, err.message)
         return JSONResponse(err.body(), status_code=err.status)
+
+    def _count(request: Request, status: int) -> None:
+        """Count an answered request under its route's path (or "other": label values come from a fixed set)."""
+        route = request.scope.get("route")
+        metrics.requests.labels(endpoint=getattr(route, "path", "other"), status=str(status)).inc()
 
     @app.exception_handler(ValidationError)
     async def _invalid(request: Request, err: ValidationError) -> JSONResponse:
@@ -109,27 +105,25 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
         card = {"id": config.model_name, "object": "model", "created": started, "owned_by": "specdecode"}
         return {"object": "list", "data": [card]}
 
+    @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+    async def openapi() -> dict:
+        return openapi_schema(app.routes, config.model_name, config.max_tokens_limit, config.max_n)
+
     @app.get("/metrics", dependencies=[Depends(authorize)])
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request):
-        req = CompletionRequest.model_validate(await _read_json(request, config.max_body_bytes), strict=False)
+        req = CompletionRequest.model_validate(await _read_json(request, config), strict=True)
         if req.echo or req.logprobs is not None or req.suffix or (req.best_of or req.n) != req.n:
             raise APIError(400, "echo, logprobs, suffix and best_of are not supported")
-        prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise APIError(
-                    400, "send one prompt per request (a list of several prompts is not supported)", param="prompt"
-                )
-            prompt = prompt[0]
+        prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else req.prompt
         return await _serve(request, req, prompt, req.max_tokens or 16, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
-        req = ChatRequest.model_validate(await _read_json(request, config.max_body_bytes), strict=False)
+        req = ChatRequest.model_validate(await _read_json(request, config), strict=True)
         if req.logprobs:
             raise APIError(400, "logprobs are not supported", param="logprobs")
         if decoder.tokenizer.chat_template is None:
@@ -141,6 +135,8 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
     async def _serve(request: Request, req, prompt, max_tokens: int, chat: bool):
         start = time.perf_counter()
         job = _make_job(req, prompt, max_tokens)
+        job.start_by = time.monotonic() + config.max_queue_wait
+        job.finish_by = time.monotonic() + config.request_timeout
         try:
             worker.submit(job)
         except QueueFullError as err:
@@ -153,6 +149,7 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         choices = await _collect(request, job, start)
         if choices is None:  # the client went away
+            _count(request, 499)
             return Response(status_code=499)
         body = envelope("chat.completion" if chat else "text_completion", request_id, config.model_name)
         body["choices"] = [
@@ -181,6 +178,9 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
         if max_tokens > config.max_tokens_limit:
             raise APIError(400, f"max_tokens must be at most {config.max_tokens_limit}", param="max_tokens")
         k = config.num_speculative_tokens if req.num_speculative_tokens is None else req.num_speculative_tokens
+        if isinstance(k, int) and k > config.max_num_speculative_tokens:
+            message = f"num_speculative_tokens must be at most {config.max_num_speculative_tokens}"
+            raise APIError(400, message, param="num_speculative_tokens")
         try:
             prompt_ids = decoder.encode(prompt)
             if config.max_prompt_tokens is not None and len(prompt_ids) > config.max_prompt_tokens:
@@ -188,6 +188,8 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                     f"the prompt has {len(prompt_ids)} tokens; this server takes at most {config.max_prompt_tokens}"
                 )
             decoder.check_request(len(prompt_ids), max_tokens, k)
+            if req.seed is not None and req.seed + req.n > SEED_RANGE[1]:
+                raise ValueError("seed + n - 1 must be below 2**64 (choice i is sampled with seed + i)")
             seeds = [None if req.seed is None else req.seed + i for i in range(req.n)]
             samplings = [
                 SamplingParams(
@@ -200,25 +202,33 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                 )
                 for seed in seeds
             ]
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             raise APIError(400, str(err)) from None
         return Job(prompt_ids, max_tokens, k, samplings, asyncio.get_running_loop())
 
-    async def _next_event(request: Request, job: Job):
-        """The job's next event, or None once the client has disconnected (the job is then cancelled)."""
+    async def _events(request: Request, job: Job) -> AsyncIterator[tuple]:
+        """The job's events until "done" or "error"; they stop (and the job is cancelled) once the client
+        has disconnected, checked every DISCONNECT_POLL_S seconds however fast the events come."""
+        next_check = time.monotonic() + DISCONNECT_POLL_S
         while True:
             try:
-                return await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
-            except TimeoutError:
+                event = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                event = None
+            if event is None or time.monotonic() >= next_check:
+                next_check = time.monotonic() + DISCONNECT_POLL_S
                 if await request.is_disconnected():
                     job.cancelled.set()
-                    return None
+                    return
+            if event is not None:
+                yield event
+                if event[0] != "chunk":
+                    return
 
     async def _collect(request: Request, job: Job, start: float) -> list[Choice] | None:
         choices = [Choice() for _ in job.samplings]
         try:
-            while (event := await _next_event(request, job)) is not None:
-                kind, index, payload = event
+            async for kind, index, payload in _events(request, job):
                 if kind == "done":
                     return choices
                 if kind == "error":
@@ -248,16 +258,17 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
             body = {**envelope(kind, request_id, config.model_name, created), "choices": choice_list, **extra}
             return f"data: {json.dumps(body)}\n\n"
 
+        status = 499  # until the stream ends otherwise: the client went away
         try:
-            while True:
-                event = await _next_event(request, job)
-                if event is None:  # the client went away: stop here
-                    return
-                what, index, payload = event
+            async for what, index, payload in _events(request, job):
                 if what == "done":
-                    break
-                if what == "error":
-                    yield f"data: {json.dumps(_generation_error(payload).body())}\n\n"
+                    status = 200
+                    continue
+                if what == "error":  # the stream has started (200): it ends with an error event
+                    err = _generation_error(payload)
+                    status = err.status
+                    log.info("%s: stream ended by an error (%d): %s", request.url.path, err.status, err.message)
+                    yield f"data: {json.dumps(err.body())}\n\n"
                     return
                 choice = choices[index]
                 if chat and choice.stats is None:  # the first chunk of this choice says who speaks
@@ -268,6 +279,8 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                     part = {"content": payload.text} if payload.text else {}
                     item = {"index": index, "delta": part} if chat else {"index": index, "text": payload.text}
                     yield sse([{**item, "logprobs": None, "finish_reason": payload.finish_reason}])
+            if status != 200:
+                return
             if include_usage:
                 completion = sum(c.token_ids for c in choices)
                 yield sse(
@@ -279,11 +292,13 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
             _finish(request, job, choices, start)
         finally:
             job.cancelled.set()
+            if status != 200:
+                _count(request, status)
 
     def _finish(request: Request, job: Job, choices: list[Choice], start: float) -> None:
         seconds = time.perf_counter() - start
         metrics.latency.observe(seconds)
-        metrics.requests.labels(endpoint=request.url.path, status="200").inc()
+        _count(request, 200)
         spec = speculative([c.stats for c in choices])
         completion = sum(c.token_ids for c in choices)
         log.info(
@@ -302,32 +317,61 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
     return app
 
 
-async def _read_json(request: Request, limit: int):
-    """The request body as JSON: 413 beyond `limit` bytes, 400 if it is not a JSON object."""
+async def _read_json(request: Request, config: ServerConfig) -> dict:
+    """The request body as a JSON object: 413 beyond `max_body_bytes`, 408 if it takes longer than
+    `body_timeout`, 400 if it is not a JSON object of text (lone UTF-16 surrogates are not text)."""
+    limit = config.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body is larger than {limit} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise APIError(413, f"the request body is larger than {limit} bytes")
+
+    async def read() -> bytes:
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise APIError(413, f"the request body is larger than {limit} bytes")
+        return bytes(body)
+
+    try:
+        body = await asyncio.wait_for(read(), config.body_timeout)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {config.body_timeout:g} s") from None
     try:
         data = json.loads(body)
+        json.dumps(data, ensure_ascii=False).encode()  # raises on a lone surrogate
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise APIError(400, f"the request body is not valid JSON: {err}") from None
+    except UnicodeEncodeError:
+        message = "the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text"
+        raise APIError(400, message) from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise APIError(400, "the request body holds a number with too many digits") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     return data
 
 
 def _generation_error(err: Exception) -> APIError:
+    """What the client is told when its generation stops early."""
+    if isinstance(err, QueueWaitError):
+        return APIError(429, str(err), "rate_limit_error")
+    if isinstance(err, DeadlineError):
+        return APIError(408, str(err), "timeout_error")
     if isinstance(err, NonFiniteLogitsError):
         return APIError(500, str(err), "server_error")
     return APIError(500, "generation failed (see the server log)", "server_error")
 
 
 def validation_message(err: ValidationError) -> APIError:
+    """400 naming the first invalid field (without pydantic's names for the branches of a union)."""
     first = err.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    return APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+    param = ".".join(str(p) for p in first["loc"] if not _is_union_branch(p)) or None
+    message = first["msg"].removeprefix("Value error, ")
+    return APIError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _is_union_branch(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "none"))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from specdecode.sampling import SEED_RANGE
 from specdecode.stats import DecodeStats
 
 
@@ -29,6 +30,9 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -39,47 +43,50 @@ class Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)] | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], lt=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
     top_k: int = Field(0, ge=0)  # extensions
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    num_speculative_tokens: int | Literal["auto", "heuristic"] | None = None
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("must be at least 1")
-        return value
+    num_speculative_tokens: Annotated[int, Field(ge=0)] | Literal["auto", "heuristic"] | None = None
 
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("at most 4 non-empty stop strings")
-        return stops
-
-    @field_validator("num_speculative_tokens")
-    @classmethod
-    def _k(cls, value):
-        if isinstance(value, int) and value < 0:
-            raise ValueError("must be >= 0, 'auto' or 'heuristic'")
-        return value
+        return [value] if isinstance(value, str) else list(value or [])
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[int] | list[str]
+    prompt: (
+        NonEmpty
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[str], Field(min_length=1, max_length=1)]
+    )
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value):
+        """Clear messages for the shapes the union below would report branch by branch."""
+        strings = isinstance(value, list) and all(isinstance(p, str) for p in value)
+        ids = isinstance(value, list) and all(type(t) is int for t in value)
+        if not (isinstance(value, str) or strings or ids):
+            raise ValueError("must be a string, a list with one string, or a list of token ids (integers)")
+        if not value or strings and not value[0]:
+            raise ValueError("the prompt is empty")
+        if strings and len(value) > 1:
+            raise ValueError("send one prompt per request (a list of several prompts is not supported)")
+        if ids and min(value) < 0:
+            raise ValueError("token ids must be >= 0")
+        return value
 
 
 class TextPart(BaseModel):
@@ -134,3 +141,26 @@ def speculative(stats: list[DecodeStats]) -> dict:
         "target_passes": total.target_passes,
         "draft_passes": total.draft_passes,
     }
+
+
+def openapi_schema(routes, model_name: str, max_tokens: int, max_n: int) -> dict:
+    """The OpenAPI document of the app's `routes`, with the request bodies the completion routes read
+    themselves (they parse JSON under the server's limits, so FastAPI does not see their models) and
+    this server's model name and limits."""
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title="specdecode", version="1", routes=routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, model in (("/v1/completions", CompletionRequest), ("/v1/chat/completions", ChatRequest)):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        fields = body["properties"]
+        fields["model"] |= {"enum": [model_name]}
+        fields["max_tokens"]["anyOf"][0]["maximum"] = max_tokens
+        fields["n"]["maximum"] = max_n
+        components[model.__name__] = body
+        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+        schema["paths"][path]["post"]["requestBody"] = {"required": True, "content": content}
+    schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    schema["security"] = [{"bearer": []}]
+    return schema
