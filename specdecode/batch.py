@@ -1,30 +1,32 @@
-"""Speculative decoding for many sequences at once: every row guesses, one target pass checks all
-rows, each row accepts its own number of guesses.
+"""Speculative decoding for many sequences at once: `specdecode.step` over rows that join and leave.
 
-Per step, for the rows still running (K guesses each, fewer near a row's max_new_tokens):
-  1. propose: the draft model for all rows in K batched passes (or n-gram lookup per row);
-  2. verify: one target pass over every row's uncached tokens and guesses (ragged: holes masked);
-  3. accept per row with its own sampler and random generator, exactly as a row alone would;
-  4. commit per row; finished rows leave the caches, new rows may join before the next step.
 Rows are independent: row b's output is what `SpeculativeDecoder.generate` gives for its prompt and
-seed alone (token for token up to floating-point rounding of the batched matrix products).
+seed alone. Two ways to hold the rows' caches:
+  - each row its own fork of the target's (and proposer's) caches (`step.OwnCaches`): a compiled
+    target runs every row in one call, each row's bits as alone, so greedy rows are token-identical
+    to decoding alone; every proposer and K policy works. A target run through its modules does
+    this only where the ragged cache cannot (trees, ngram+draft): one pass per row.
+  - one ragged cache for all rows of a target run through its modules (`specdecode.ragged_kv`):
+    one batched pass, rows token-identical up to the rounding of batched matrix products; chains
+    from the draft model (`_BatchedDraft`) or n-gram lookup.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from specdecode.engine import GenerationResult, Prompt, SpeculativeDecoder, accept_chain, commit, make_generator
+from specdecode.engine import GenerationResult, NumSpeculativeTokens, Prompt, SpeculativeDecoder, make_generator
 from specdecode.output import OutputTracker
 from specdecode.proposers import DraftModelProposer, NgramProposer, Proposal
 from specdecode.proposers.draft_model import draw
 from specdecode.ragged_kv import RaggedCachedModel
-from specdecode.sampling import SEED_RANGE, SamplingParams, Warp, check_finite
+from specdecode.sampling import SEED_RANGE, SamplingParams
 from specdecode.stats import DecodeStats
+from specdecode.step import OWN_CACHES, Row, propose_own, step
 
 
 class BatchResult(list):
@@ -37,19 +39,17 @@ class BatchResult(list):
     batched_passes: int
 
 
-@dataclass
-class _Row:
-    index: int  # position in the caller's list
-    tokens: list[int]  # prompt + committed tokens
-    output: OutputTracker
-    sampling: SamplingParams
-    generator: torch.Generator
-    stats: DecodeStats
-    target_warp: Warp = field(init=False)
-    draft_warp: Warp = field(init=False)
+class RaggedVerifier:
+    """Every row verified in one ragged cache of the target's modules, in one pass (chains only)."""
 
-    def __post_init__(self) -> None:
-        self.target_warp, self.draft_warp = self.sampling.target_warp(), self.sampling.draft_warp()
+    def __init__(self, cache: RaggedCachedModel) -> None:
+        self.cache = cache
+
+    def next_logits(self, rows: Sequence[Row], guesses: Sequence[Proposal]) -> list[torch.Tensor]:
+        return self.cache.next_logits([row.tokens for row in rows], [g.tokens for g in guesses])
+
+    def keep_path(self, b: int, row: Row, path: list[int]) -> None:
+        raise RuntimeError("a ragged batch holds chains, not token trees")
 
 
 class _BatchedDraft:
@@ -58,7 +58,7 @@ class _BatchedDraft:
     def __init__(self, draft: RaggedCachedModel) -> None:
         self.draft = draft
 
-    def propose(self, rows: Sequence[_Row], ks: Sequence[int]) -> list[Proposal]:
+    def propose(self, rows: Sequence[Row], ks: Sequence[int]) -> list[Proposal]:
         logits = self.draft.forward(self.draft.sync([r.tokens for r in rows]), num_logits=1)[:, -1]  # [B, V]
         guesses: list[list[int]] = [[] for _ in rows]
         dists: list[list[torch.Tensor]] = [[] for _ in rows]
@@ -75,25 +75,27 @@ class _BatchedDraft:
 
 
 class BatchDecoder:
-    """Rows decoded together with one K; `add` rows at any time between `step`s (continuous batching)."""
+    """Rows decoded together; `add` rows at any time between `step`s (continuous batching)."""
 
-    def __init__(self, dec: SpeculativeDecoder, num_speculative_tokens: int = 4) -> None:
-        k = num_speculative_tokens
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"batches take an integer num_speculative_tokens >= 0 ('auto' is per sequence), got {k!r}")
+    def __init__(self, dec: SpeculativeDecoder, num_speculative_tokens: NumSpeculativeTokens = 4) -> None:
+        self.dec, self.k = dec, num_speculative_tokens
+        dec.check_request(1, 1, num_speculative_tokens)
         proposer = dec.proposer
-        if k and not isinstance(proposer, DraftModelProposer | NgramProposer):
-            raise ValueError("batches support the draft and ngram proposers (not trees or ngram+draft)")
-        self.dec, self.k = dec, k
-        self.target = RaggedCachedModel(dec.target.model, dec.vocab_size)
-        self.draft = (
-            _BatchedDraft(RaggedCachedModel(proposer.draft.model, dec.vocab_size))
-            if k and isinstance(proposer, DraftModelProposer)
-            else None
-        )
-        self.rows: list[_Row] = []  # running rows, in cache order
-        self.done: list[_Row] = []
+        chains = proposer is None or isinstance(proposer, DraftModelProposer | NgramProposer)
+        self.own_caches = dec.target.decoder is not None or not chains
+        if self.own_caches:
+            self.verifier, self.propose, self.ragged = OWN_CACHES, propose_own, []
+        else:
+            target = RaggedCachedModel(dec.target.model, dec.vocab_size)
+            draft = isinstance(proposer, DraftModelProposer) and num_speculative_tokens != 0
+            self.draft = _BatchedDraft(RaggedCachedModel(proposer.draft.model, dec.vocab_size)) if draft else None
+            self.verifier = RaggedVerifier(target)
+            self.propose = self.draft.propose if self.draft else propose_own
+            self.ragged = [target] + ([self.draft.draft] if self.draft else [])
+        self.rows: list[Row] = []  # running rows, in cache order
+        self.done: list[Row] = []
         self.start = time.perf_counter()
+        self._counters0 = self._counters()
 
     def add(
         self,
@@ -105,24 +107,28 @@ class BatchDecoder:
         index: int = 0,
     ) -> None:
         """Add `copies` rows for one prompt (copy c seeded with sampling.seed + c), numbered from `index`.
-        The prompt is run once and its cache shared by the copies."""
-        ids = self.dec.encode(prompt)
-        self.dec.check_request(len(ids), max_new_tokens, self.k)
-        eos = () if ignore_eos else self.dec.eos_ids
+        In a ragged cache the prompt is read once and its cache shared by the copies."""
+        dec = self.dec
+        ids = dec.encode(prompt)
+        dec.check_request(len(ids), max_new_tokens, self.k)
+        eos = () if ignore_eos else dec.eos_ids
         for c in range(copies):
             seed = None if sampling.seed is None else sampling.seed + c
+            own = self.own_caches
             self.rows.append(
-                _Row(
-                    index + c,
+                Row(
                     list(ids),
-                    OutputTracker(self.dec.tokenizer, eos, sampling.stop, max_new_tokens),
-                    sampling,
-                    make_generator(seed, self.target.model.device),
+                    OutputTracker(dec.tokenizer, eos, sampling.stop, max_new_tokens),
+                    replace(sampling, seed=seed),
+                    make_generator(seed, dec.target.device),
+                    dec._policy(self.k, ids),
                     DecodeStats(prompt_tokens=len(ids)),
+                    target=dec.target.fork() if own else None,
+                    proposer=dec.proposer.fork() if own and dec.proposer is not None else dec.proposer,
+                    index=index + c,
                 )
             )
-        caches = [self.target] + ([self.draft.draft] if self.draft else [])
-        for cache in caches:
+        for cache in self.ragged:
             first = cache.rows
             cache.add_rows(1)
             if copies > 1 and len(ids) > 1:  # prefill once, then share it
@@ -134,45 +140,39 @@ class BatchDecoder:
         return not self.rows
 
     def step(self) -> None:
-        """One speculative step for every running row."""
+        """One speculative step for every running row; finished rows leave the batch."""
         rows = self.rows
-        ks = [min(self.k, r.output.max_new_tokens - len(r.output) - 1) for r in rows]
-        # 1. propose
-        if self.draft is not None and any(ks):
-            guesses = self.draft.propose(rows, ks)
-        else:
-            ngram = self.dec.proposer
-            guesses = [
-                ngram.propose(r.tokens, k, r.draft_warp, r.generator) if k else Proposal([], None)
-                for r, k in zip(rows, ks, strict=True)
-            ]
-        # 2. verify: one target pass for all rows -> per row [guesses + 1, V]
-        logits = self.target.next_logits([r.tokens for r in rows], [g.tokens for g in guesses])
-        # 3. accept and 4. commit, per row
+        step(rows, self.verifier, self.propose)
         now = time.perf_counter() - self.start
-        for row, guess, row_logits in zip(rows, guesses, logits, strict=True):
-            check_finite(row_logits, "target model")
-            accepted, next_token = accept_chain(guess, row_logits, row.sampling.greedy, row.target_warp, row.generator)
-            row.stats.record_step(len(guess), len(accepted))
-            commit([*accepted, next_token], row.tokens, row.output)
+        for row in rows:
             row.stats.new_tokens = len(row.output)
             row.stats.first_token_s = row.stats.first_token_s or now
             row.stats.wall_s = now
-        keep = [i for i, r in enumerate(rows) if not r.output.finished]
-        self.done += [r for r in rows if r.output.finished]
-        if len(keep) < len(rows):  # finished rows leave the batch
+        keep = [i for i, row in enumerate(rows) if not row.output.finished]
+        self.done += [row for row in rows if row.output.finished]
+        if len(keep) < len(rows):
             self.rows = [rows[i] for i in keep]
-            for cache in [self.target] + ([self.draft.draft] if self.draft else []):
+            for cache in self.ragged:
                 cache.select(keep)
+
+    def _counters(self) -> tuple[float, float, int, int]:
+        """(target seconds, draft seconds, draft passes, target passes) so far."""
+        if self.ragged:
+            draft = self.ragged[1:]
+            return (self.ragged[0].forward_s, sum(d.forward_s for d in draft), sum(d.passes for d in draft),
+                    self.ragged[0].passes)  # fmt: skip
+        draft_s, draft_passes = self.dec._draft_counters()
+        return self.dec.target.forward_s, draft_s, draft_passes, self.dec.target.passes
 
     def run(self) -> BatchResult:
         """Step until every row is finished; the results in the order the rows were added."""
         while not self.finished:
             self.step()
+        target_s, draft_s, draft_passes, target_passes = (
+            now - then for now, then in zip(self._counters(), self._counters0, strict=True)
+        )
         total = DecodeStats()
-        target_s, draft_s = self.target.forward_s, self.draft.draft.forward_s if self.draft else 0.0
         results = BatchResult()
-        draft_passes = self.draft.draft.passes if self.draft else 0
         for row in sorted(self.done, key=lambda r: r.index):
             row.stats.target_s, row.stats.draft_s, row.stats.draft_passes = target_s, draft_s, draft_passes
             total.add(row.stats)
@@ -180,7 +180,7 @@ class BatchDecoder:
         total.wall_s, total.target_s, total.draft_s = time.perf_counter() - self.start, target_s, draft_s
         total.draft_passes = draft_passes
         total.first_token_s = min((r.stats.first_token_s for r in self.done), default=0.0)
-        results.stats, results.batched_passes = total, self.target.passes
+        results.stats, results.batched_passes = total, target_passes
         return results
 
 
@@ -203,28 +203,8 @@ def generate_batch(
     encoded = [dec.encode(prompt) for prompt in prompts]
     for ids in encoded:  # every prompt checked before any work
         dec.check_request(len(ids), max_new_tokens, num_speculative_tokens)
-    if dec.target.decoder is not None:  # a compiled target's cache holds one sequence: rows one after another
-        seed = (lambda row: None) if sampling.seed is None else (lambda row: sampling.seed + row)
-        rows = [(ids, replace(sampling, seed=seed(p * n + c))) for p, ids in enumerate(encoded) for c in range(n)]
-        return _one_at_a_time(
-            rows, lambda ids, params: dec.generate(ids, max_new_tokens, num_speculative_tokens, params, ignore_eos)
-        )
     batch = BatchDecoder(dec, num_speculative_tokens)
     for p, ids in enumerate(encoded):
         seed = None if sampling.seed is None else sampling.seed + p * n
         batch.add(ids, max_new_tokens, replace(sampling, seed=seed), ignore_eos, copies=n, index=p * n)
     return batch.run()
-
-
-def _one_at_a_time(
-    rows: list[tuple[list[int], SamplingParams]], decode: Callable[[list[int], SamplingParams], GenerationResult]
-) -> BatchResult:
-    """Each row (prompt ids, its sampling) decoded alone, in order, as a BatchResult."""
-    start = time.perf_counter()
-    results = BatchResult(decode(ids, params) for ids, params in rows)
-    total = DecodeStats()
-    for row in results:
-        total.add(row.stats)
-    total.wall_s = time.perf_counter() - start
-    results.stats, results.batched_passes = total, total.target_passes
-    return results

@@ -13,7 +13,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from specdecode import compiled_decoder
-from specdecode.acceptance import accept_greedy, accept_sampled, accept_tree_greedy, accept_tree_sampled
 from specdecode.fastlinear import QUANTIZATIONS, use_small_rows_path
 from specdecode.gguf_blocks import has_blocks
 from specdecode.kv import CachedModel
@@ -33,12 +32,12 @@ from specdecode.proposers import (
     DraftModelProposer,
     NgramProposer,
     NgramThenDraftProposer,
-    Proposal,
     Proposer,
     TreeProposer,
 )
-from specdecode.sampling import SamplingParams, Warp, check_finite, check_text, logits_to_probs
+from specdecode.sampling import SamplingParams, check_text
 from specdecode.stats import DecodeStats
+from specdecode.step import Row, step
 
 if TYPE_CHECKING:
     from specdecode.batch import BatchResult
@@ -63,30 +62,6 @@ class StreamChunk:
     token_ids: list[int]  # tokens accepted in this step
     finish_reason: str | None  # set on the last chunk
     stats: DecodeStats
-
-
-def accept_chain(
-    guess: Proposal, logits: torch.Tensor, greedy: bool, warp: Warp, generator: torch.Generator | None
-) -> tuple[list[int], int]:
-    """(accepted guesses, next token) for a chain of guesses from the target's logits [len(guess) + 1, V]."""
-    guessed = torch.tensor(guess.tokens, dtype=torch.long, device=logits.device)
-    if greedy:
-        n, next_token = accept_greedy(guessed, logits)
-    else:
-        n, next_token = accept_sampled(guessed, guess.probs, logits_to_probs(logits, warp), generator)
-    return guess.tokens[:n], next_token
-
-
-def commit(new_tokens: Sequence[int], tokens: list[int], output: OutputTracker) -> list[int]:
-    """Append new tokens to `tokens` and `output` one at a time, stopping at the first that ends the output;
-    return those appended."""
-    committed = []
-    for token in new_tokens:
-        tokens.append(token)
-        committed.append(token)
-        if output.append(token):
-            break
-    return committed
 
 
 def checked_sampling(sampling: SamplingParams | None, ignore_eos: bool) -> SamplingParams:
@@ -423,38 +398,11 @@ class SpeculativeDecoder:
         output: OutputTracker,
         stats: DecodeStats,
     ) -> Iterator[list[int]]:
-        """Speculative decoding; yields the tokens committed by each target pass."""
+        """Speculative decoding (`specdecode.step`, a batch of one); yields the tokens committed by each pass."""
         generator = make_generator(sampling.seed, self.target.device)
-        target_warp, draft_warp = sampling.target_warp(), sampling.draft_warp()
-        tokens = list(prompt_ids)
+        row = Row(list(prompt_ids), output, sampling, generator, policy, stats, self.target, self.proposer)
         while not output.finished:
-            # 1. propose: at most as many guesses as can still be emitted after this pass
-            k_step = min(policy.next_k(), output.max_new_tokens - len(output) - 1)
-            guess = self.proposer.propose(tokens, k_step, draft_warp, generator) if k_step else Proposal([], None)
-            # 2. verify: one target pass over the uncached tokens and the guesses -> [guesses + 1, V]
-            logits = self.target.next_logits(tokens, guess.tokens, guess.parents)
-            check_finite(logits, "target model")
-            # 3. accept guesses (a prefix of the chain, a path of the tree) and draw the token after
-            accepted, next_token = self._accept(guess, logits, sampling.greedy, target_warp, generator)
-            stats.record_step(guess.depth, len(accepted), drafted=len(guess))
-            policy.observe(guess.depth, len(accepted))
-            # 4. commit, one token at a time, so nothing past a stop is emitted
-            yield commit([*accepted, next_token], tokens, output)
-
-    def _accept(
-        self, guess: Proposal, logits: torch.Tensor, greedy: bool, warp: Warp, generator: torch.Generator
-    ) -> tuple[list[int], int]:
-        """(accepted guesses, next token) from the target's logits [len(guess) + 1, V]."""
-        if guess.parents is not None:
-            if greedy:
-                path, next_token = accept_tree_greedy(guess.tokens, guess.parents, logits)
-            else:
-                path, next_token = accept_tree_sampled(
-                    guess.tokens, guess.parents, logits_to_probs(logits, warp), generator
-                )
-            self.target.keep_path(path)
-            return [guess.tokens[i] for i in path], next_token
-        return accept_chain(guess, logits, greedy, warp, generator)
+            yield step([row])[0]
 
     # -- helpers ------------------------------------------------------------------------------
 

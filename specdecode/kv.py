@@ -6,6 +6,10 @@ so a rejected guess, a new prompt that shares a prefix, or a fresh prompt all ta
 The cache may also end in a token tree: `forward(..., parents=...)` appends nodes that each see
 the sequence before the tree and their own ancestors only (a tree attention mask, position ids by
 depth); `keep_path` then keeps one root-to-node path, whichever branch it is, and drops the rest.
+
+Several sequences of one model (rows of a batch) are `fork`s of one CachedModel, each with its own
+cache; `forward_together` and `next_logits_together` run them in one pass (one call of the compiled
+decoder, every row's bits as in a pass of its own) and count it once on their shared `PassClock`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,24 @@ from specdecode.pass_costs import PassCosts, device_pace
 TIMED_PASS_MAX = 64  # passes over at most this many new tokens are timed per size (prefills are not)
 
 
+class PassClock:
+    """The passes of one model, over however many rows: their count, seconds, the recent times per
+    number of new tokens and the drift-aware cost estimate (`specdecode.pass_costs`)."""
+
+    def __init__(self, device_type: str) -> None:
+        self.passes, self.seconds = 0, 0.0
+        self.times: dict[int, deque[float]] = {}
+        self.costs = PassCosts(device_pace(device_type))
+
+    def record(self, n: int, seconds: float) -> None:
+        """A pass over n new tokens (all rows together) took `seconds`."""
+        self.passes += 1
+        self.seconds += seconds
+        if n <= TIMED_PASS_MAX:
+            self.times.setdefault(n, deque(maxlen=5)).append(seconds)
+            self.costs.observe(n, seconds)
+
+
 class CachedModel:
     """Runs a causal LM over new tokens only; `forward_s` accumulates time in its passes,
     `pass_time(n)` is the median of the last few passes over n new tokens (a measurement) and
@@ -32,7 +54,7 @@ class CachedModel:
     A model given a compiled decoder (`specdecode.compiled_decoder.attach`, drafts) runs through it,
     with the decoder's own cache, instead of its modules."""
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
+    def __init__(self, model: PreTrainedModel, vocab_size: int, clock: PassClock | None = None) -> None:
         self.model = model
         self.vocab_size = vocab_size  # logits beyond it (padding rows) are dropped
         make_decoder = getattr(model, FACTORY, None)
@@ -41,13 +63,22 @@ class CachedModel:
         self.ids: list[int] = []
         self.tree_start: int | None = None  # cache positions from here on are tree nodes
         self._tree: dict[int, tuple[int, int]] = {}  # node position -> (parent position, position id)
-        self.passes = 0
-        self.forward_s = 0.0
-        self._pass_times: dict[int, deque[float]] = {}
-        self._costs = PassCosts(device_pace(self.device.type))
+        self.clock = clock or PassClock(self.device.type)
+
+    def fork(self) -> CachedModel:
+        """An empty cache for another sequence of the same model, counted on the same clock."""
+        return CachedModel(self.model, self.vocab_size, self.clock)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def passes(self) -> int:
+        return self.clock.passes
+
+    @property
+    def forward_s(self) -> float:
+        return self.clock.seconds
 
     @property
     def device(self) -> torch.device:
@@ -103,35 +134,26 @@ class CachedModel:
         With `parents`, the last len(parents) new tokens are tree nodes: parents[i] is the cache
         position of node i's parent (the token before the tree or an earlier node, cached or new).
         """
-        start = time.perf_counter()
-        input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self.device)
-        if parents is None and self.tree_start is not None:
-            raise RuntimeError("keep_path or roll back the token tree before appending a sequence")
-        tree = {} if parents is None else self._tree_inputs(len(new_ids) - len(parents), parents)
-        if self.decoder is not None:
-            logits = self._compiled_forward(input_ids[0], num_logits, tree)
-        else:
-            out = self.model(
-                input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits, **tree
-            )
-            logits = out.logits[0, -num_logits:]
-        self.ids.extend(int(t) for t in new_ids)
-        seconds = time.perf_counter() - start
-        self.passes += 1
-        self.forward_s += seconds
-        if len(new_ids) <= TIMED_PASS_MAX:
-            self._pass_times.setdefault(len(new_ids), deque(maxlen=5)).append(seconds)
-            self._costs.observe(len(new_ids), seconds)
-        return logits[:, : self.vocab_size]
+        return forward_together([self], [new_ids], [num_logits], [parents])[0]
 
-    def _compiled_forward(self, ids: torch.Tensor, num_logits: int, tree: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The compiled decoder's pass over ids [n] -> logits [num_logits, V] (float32)."""
-        if tree:
-            see = tree["attention_mask"][0, 0] == 0
-            positions = tree["position_ids"][0]
-        else:
-            see, positions = None, torch.arange(len(self.ids), len(self.ids) + len(ids))
-        return self.decoder.forward(ids, positions, see, num_logits)
+    def _modules_forward(self, new_ids: Sequence[int], num_logits: int, parents: Sequence[int] | None) -> torch.Tensor:
+        """A pass of the model's modules over new_ids -> logits [num_logits, V+] (not yet recorded)."""
+        tree = self._tree_inputs(len(new_ids) - len(parents), parents) if parents is not None else {}
+        input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=num_logits, **tree
+        )
+        return out.logits[0, -num_logits:]
+
+    def _compiled_inputs(
+        self, new_ids: Sequence[int], parents: Sequence[int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The compiled decoder's inputs for new_ids: ids [n], positions [n], see [n, len + n] or None."""
+        ids = torch.tensor(list(new_ids), dtype=torch.long)
+        if parents is None:
+            return ids, torch.arange(len(self.ids), len(self.ids) + len(ids)), None
+        tree = self._tree_inputs(len(new_ids) - len(parents), parents)
+        return ids, tree["position_ids"][0], tree["attention_mask"][0, 0] == 0
 
     def _tree_inputs(self, num_linear: int, parents: Sequence[int]) -> dict[str, torch.Tensor]:
         """Attention mask [1, 1, n, L + n] (0 where a query may look, the dtype's minimum elsewhere)
@@ -165,28 +187,89 @@ class CachedModel:
 
     def pass_time(self, n: int) -> float | None:
         """Median seconds of the recent passes over n new tokens, None if there was none."""
-        times = self._pass_times.get(n)
+        times = self.clock.times.get(n)
         return statistics.median(times) if times else None
 
     def pass_cost(self, n: int) -> float | None:
         """Estimated seconds of a pass over n new tokens at the machine's current pace, None before one."""
-        return self._costs.cost(n)
+        return self.clock.costs.cost(n)
 
     def next_logits(
         self, tokens: Sequence[int], extra: Sequence[int] = (), tree: Sequence[int] | None = None
     ) -> torch.Tensor:
-        """Logits after the last token of `tokens` and after each of `extra`: [len(extra)+1, V].
+        """Logits after the last token of `tokens` and after each of `extra`: [len(extra)+1, V]
+        (`next_logits_together` for one sequence)."""
+        return next_logits_together([self], [tokens], [extra], [tree])[0]
 
-        Feeds whatever of `tokens` is not cached yet, then `extra`: a chain, or with `tree` a token
-        tree where tree[i] is the index in `extra` of node i's parent (-1: the last of `tokens`).
-        An uncached stretch of more than one token (a prompt) gets a pass of its own, exactly as
-        decoding without guesses feeds it: matrix kernels round differently for a different number
-        of rows, so a prefill that also carried the guesses would cache other bits.
-        """
-        self.sync(tokens, keep_at_most=len(tokens) - 1)
-        tail = tokens[len(self.ids) :]
-        parents = None if tree is None else [len(tokens) + j if j >= 0 else len(tokens) - 1 for j in tree]
-        if len(tail) > 1 and extra:
-            first = self.forward(tail, num_logits=1)
-            return torch.cat([first, self.forward(extra, num_logits=len(extra), parents=parents)])
-        return self.forward([*tail, *extra], num_logits=len(extra) + 1, parents=parents)
+
+def forward_together(
+    caches: Sequence[CachedModel],
+    new_ids: Sequence[Sequence[int]],
+    num_logits: Sequence[int],
+    parents: Sequence[Sequence[int] | None],
+) -> list[torch.Tensor]:
+    """`CachedModel.forward` for several forks of one cache in one pass: new_ids[b] appended to caches[b],
+    logits [num_logits[b], V] each. A compiled decoder runs all rows in one call (each row's bits as in
+    a pass of its own); a model's modules run one pass per cache. `parents[b]` as in `forward`."""
+    for cache, tree in zip(caches, parents, strict=True):
+        if tree is None and cache.tree_start is not None:
+            raise RuntimeError("keep_path or roll back the token tree before appending a sequence")
+    clock = caches[0].clock
+    if any(cache.clock is not clock for cache in caches):
+        raise ValueError("forward_together takes forks of one cache")
+    start = time.perf_counter()
+    if caches[0].decoder is not None:
+        inputs = [cache._compiled_inputs(ids, tree) for cache, ids, tree in zip(caches, new_ids, parents, strict=True)]
+        ids, positions, see = (list(column) for column in zip(*inputs, strict=True))
+        logits = type(caches[0].decoder).forward_batch(
+            [cache.decoder for cache in caches], ids, positions, see, list(num_logits)
+        )
+    else:
+        logits = [
+            cache._modules_forward(ids, n, tree)
+            for cache, ids, n, tree in zip(caches, new_ids, num_logits, parents, strict=True)
+        ]
+    for cache, ids in zip(caches, new_ids, strict=True):
+        cache.ids.extend(int(t) for t in ids)
+    clock.record(sum(len(ids) for ids in new_ids), time.perf_counter() - start)
+    return [rows[:, : cache.vocab_size] for cache, rows in zip(caches, logits, strict=True)]
+
+
+def next_logits_together(
+    caches: Sequence[CachedModel],
+    tokens: Sequence[Sequence[int]],
+    extras: Sequence[Sequence[int]],
+    trees: Sequence[Sequence[int] | None],
+) -> list[torch.Tensor]:
+    """Per fork b: the logits after the last token of tokens[b] and after each of extras[b],
+    [len(extras[b]) + 1, V], in one pass for all rows (two where a row has a prompt to read first).
+
+    Each row feeds whatever of its tokens is not cached yet, then its extras: a chain, or with
+    trees[b] a token tree where trees[b][i] is the index in extras[b] of node i's parent (-1: the
+    last of tokens[b]). An uncached stretch of more than one token (a prompt) gets a pass of its own,
+    exactly as decoding without guesses feeds it: matrix kernels round differently for a different
+    number of rows, so a prefill that also carried the guesses would cache other bits.
+    """
+    tails, parents = [], []
+    for cache, seq, tree in zip(caches, tokens, trees, strict=True):
+        cache.sync(seq, keep_at_most=len(seq) - 1)
+        tails.append(list(seq[len(cache.ids) :]))
+        parents.append(None if tree is None else [len(seq) + j if j >= 0 else len(seq) - 1 for j in tree])
+    prefill = [b for b, (tail, extra) in enumerate(zip(tails, extras, strict=True)) if len(tail) > 1 and extra]
+    first = {}
+    if prefill:
+        rows = [caches[b] for b in prefill]
+        first = dict(
+            zip(
+                prefill,
+                forward_together(rows, [tails[b] for b in prefill], [1] * len(prefill), [None] * len(prefill)),
+                strict=True,
+            )
+        )
+    feeds = [
+        list(extra) if b in first else [*tail, *extra]
+        for b, (tail, extra) in enumerate(zip(tails, extras, strict=True))
+    ]
+    counts = [len(extra) + (b not in first) for b, extra in enumerate(extras)]
+    logits = forward_together(caches, feeds, counts, parents)
+    return [torch.cat([first[b], rows]) if b in first else rows for b, rows in enumerate(logits)]

@@ -93,19 +93,28 @@ def test_ngram_rows_and_a_row_that_joins_later(models):
     assert [r.token_ids for r in got] == [expected[i].token_ids for i in (0, 1, 1, 2, 3)]
 
 
-def test_batches_refuse_what_they_do_not_support(models):
+@pytest.mark.parametrize("proposer", ["draft", "tree", "ngram+draft"])
+@pytest.mark.parametrize("k", [2, "auto", "heuristic"])
+def test_every_proposer_and_k_policy_in_batches(models, proposer, k):
+    """Greedy rows of every proposer (trees and ngram+draft in caches of their own) under every K
+    policy are token-identical to each prompt alone (float64)."""
+    dec = SpeculativeDecoder(*models, TOKENIZER, proposer=proposer)
+    expected = [alone(dec, p, max_new_tokens=16, num_speculative_tokens=0, ignore_eos=True) for p in PROMPTS]
+    got = dec.generate(PROMPTS, max_new_tokens=16, num_speculative_tokens=k, ignore_eos=True)
+    assert [r.token_ids for r in got] == [e.token_ids for e in expected]
+    assert got.stats.drafted > 0
+
+
+def test_batches_refuse_what_cannot_run(models):
     dec = SpeculativeDecoder(*models, TOKENIZER)
-    with pytest.raises(ValueError, match="integer num_speculative_tokens"):
-        dec.generate(PROMPTS, num_speculative_tokens="auto")
     with pytest.raises(ValueError, match="stream takes one prompt"):
         next(dec.stream(PROMPTS))
     with pytest.raises(ValueError, match="n must be a positive integer"):
         dec.generate(PROMPTS[0], n=0)
     with pytest.raises(ValueError, match="context length"):
         dec.generate([PROMPTS[0], "x" * 300], max_new_tokens=8)
-    tree = SpeculativeDecoder(*models, TOKENIZER, proposer="tree")
-    with pytest.raises(ValueError, match="draft and ngram proposers"):
-        tree.generate(PROMPTS, num_speculative_tokens=2)
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        dec.generate(PROMPTS, num_speculative_tokens="sometimes")
 
 
 # -- sampling through batches: distribution and independence --------------------------------------
@@ -120,12 +129,12 @@ def small():
     return SpeculativeDecoder(target, perturbed_copy(target, 0.1, 2), tokenizer)
 
 
-def batch_samples(dec, params: SamplingParams) -> np.ndarray:
+def batch_samples(dec, params: SamplingParams, k: int | str = 2) -> np.ndarray:
     """[BATCHES, ROWS, NEW] token ids: BATCHES batches of ROWS samples of PROMPT (seeds apart)."""
     out = []
     for b in range(BATCHES):
         run = SamplingParams(**{**params.__dict__, "seed": b * ROWS})
-        got = dec.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=2, sampling=run, ignore_eos=True, n=ROWS)
+        got = dec.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=k, sampling=run, ignore_eos=True, n=ROWS)
         out.append([r.token_ids for r in got])
     return np.array(out)
 
@@ -140,11 +149,12 @@ def independence_pvalue(samples: np.ndarray) -> float:
     return stats.chi2_contingency(table)[1]
 
 
-def test_batch_samples_have_the_targets_distribution_and_rows_are_independent(small):
+@pytest.mark.parametrize("k", [2, "auto"])
+def test_batch_samples_have_the_targets_distribution_and_rows_are_independent(small, k):
     """Pearson chi-square against the enumerated distribution (false alarm 1e-3, fixed seeds), and
-    a chi-square test of independence between paired rows (false alarm 1e-3)."""
+    a chi-square test of independence between paired rows (false alarm 1e-3); K fixed or `auto`."""
     params = SamplingParams(temperature=1.0)
-    samples = batch_samples(small, params)
+    samples = batch_samples(small, params, k)
     counts = np.zeros(V**NEW)
     for seq in samples.reshape(-1, NEW):
         counts[np.ravel_multi_index(seq, (V,) * NEW)] += 1

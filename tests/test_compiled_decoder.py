@@ -8,10 +8,11 @@ import pytest
 import torch
 from tiny_models import make_model, make_tokenizer
 
-from specdecode import SpeculativeDecoder
+from specdecode import SamplingParams, SpeculativeDecoder
+from specdecode.batch import BatchDecoder
 from specdecode.compiled_decoder import attach, unsupported
 from specdecode.fastlinear import FastLinear, extension, unpack, use_small_rows_path
-from specdecode.kv import CachedModel
+from specdecode.kv import CachedModel, forward_together
 
 
 def _twins(arch: str) -> tuple[CachedModel, CachedModel]:
@@ -137,3 +138,48 @@ def test_a_quantized_target_runs_compiled_and_stays_exact(model_dirs, quantizati
     for k in (3, "auto"):
         out = dec.generate("def f(x):", 40, num_speculative_tokens=k, ignore_eos=True)
         assert out.token_ids == plain.token_ids
+
+
+def test_one_pass_for_several_sequences_gives_each_its_own_bits():
+    """`forward_together` over forks (one compiled call): each row's logits and cache bit for bit those
+    of a pass of its own, for prompts, chains and a token tree, rows of different lengths."""
+    _, cache = _twins("llama")
+    alone, together = [cache.fork() for _ in range(3)], [cache.fork() for _ in range(3)]
+    steps = [
+        ([list(range(3, 30)), [5, 6, 7, 8], [9]], [None] * 3),
+        ([[1, 2, 3], [4], [10, 11]], [None] * 3),
+        ([[12, 13, 14], [15, 16], [17]], [[29, 29, 31], None, None]),  # row 0: a tree after its 30 tokens
+    ]
+    for new, parents in steps:
+        want = [c.forward(ids, len(ids), tree) for c, ids, tree in zip(alone, new, parents, strict=True)]
+        got = forward_together(together, new, [len(ids) for ids in new], parents)
+        assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    together[0].keep_path([1, 2])
+    alone[0].keep_path([1, 2])
+    assert torch.equal(alone[0].forward([20], 1), forward_together(together[:1], [[20]], [1], [None])[0])
+    assert [len(c) for c in together] == [len(c) for c in alone] == [33, 7, 4]
+
+
+@pytest.mark.parametrize("proposer", ["draft", "ngram", "tree", "ngram+draft"])
+def test_batches_of_a_compiled_target_are_each_row_alone(model_dirs, proposer):
+    """A quantized target runs compiled; its batches share every target and draft pass, and each row is
+    token for token the prompt alone: greedy (= target-only), seeded samples, K fixed or `auto`, and a
+    row that joins a running batch."""
+    target_dir, draft_dir = model_dirs
+    dec = SpeculativeDecoder.from_pretrained(str(target_dir), str(draft_dir), quantization="int8", proposer=proposer)
+    prompts = ["def f(x):", "a", "print(1, 2) = 3\nfor i in range(10):"]
+    plain = [dec.generate(p, 20, num_speculative_tokens=0, ignore_eos=True).token_ids for p in prompts]
+    for k in (3, "auto"):
+        got = dec.generate(prompts, 20, num_speculative_tokens=k, ignore_eos=True)
+        assert [r.token_ids for r in got] == plain and got.batched_passes < sum(r.stats.target_passes for r in got)
+    # a seeded sample is reproducible where the K of every step is (`auto` picks K from timings)
+    sampled = SamplingParams(temperature=1.0, top_k=20, seed=4)
+    rows = dec.generate(prompts, 12, num_speculative_tokens=3, sampling=sampled, n=2)
+    for i, row in enumerate(rows):
+        seeded = SamplingParams(temperature=1.0, top_k=20, seed=4 + i)
+        assert row.token_ids == dec.generate(prompts[i // 2], 12, num_speculative_tokens=3, sampling=seeded).token_ids
+    batch = BatchDecoder(dec, 3)
+    batch.add(prompts[0], 20, SamplingParams(), ignore_eos=True, index=0)
+    batch.step()
+    batch.add(prompts[2], 20, SamplingParams(), ignore_eos=True, index=1)
+    assert [r.token_ids for r in batch.run()] == [plain[0], plain[2]]

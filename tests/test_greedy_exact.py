@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import ARCHS, make_model, make_tokenizer, perturbed_copy
 
-import specdecode.engine
+import specdecode.step
 from specdecode import SpeculativeDecoder
 from specdecode.acceptance import accept_tree_greedy
 
@@ -88,7 +88,7 @@ def test_tree_proposer_is_identical_and_takes_other_branches(decoder, width, mon
         paths.append(path)
         return path, nxt
 
-    monkeypatch.setattr(specdecode.engine, "accept_tree_greedy", spy)
+    monkeypatch.setattr(specdecode.step, "accept_tree_greedy", spy)
     for prompt in PROMPTS:
         baseline = decoder.generate(prompt, max_new_tokens=40, num_speculative_tokens=0, ignore_eos=True)
         for k in (1, 3, 5, "auto"):

@@ -13,7 +13,7 @@ import torch
 from test_acceptance import tree_wrong_rule, wrong_accept
 from tiny_models import chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
 
-import specdecode.engine
+import specdecode.step
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.sampling import logits_to_probs
 
@@ -84,7 +84,7 @@ def test_distribution_is_the_targets(models, case):
 
 
 def test_wrong_acceptance_rule_is_caught(models, monkeypatch):
-    monkeypatch.setattr(specdecode.engine, "accept_sampled", wrong_accept)
+    monkeypatch.setattr(specdecode.step, "accept_sampled", wrong_accept)
     params, draft_index, k, _ = CASES["plain, unrelated draft"]
     decoder = SpeculativeDecoder(models[0], models[draft_index], TOKENIZER)
     counts = sampled_counts(decoder, params, k)
@@ -92,7 +92,7 @@ def test_wrong_acceptance_rule_is_caught(models, monkeypatch):
 
 
 def test_wrong_tree_rule_is_caught(models, monkeypatch):
-    monkeypatch.setattr(specdecode.engine, "accept_tree_sampled", tree_wrong_rule)
+    monkeypatch.setattr(specdecode.step, "accept_tree_sampled", tree_wrong_rule)
     params, draft_index, k, proposer = CASES["tree of width 2, close draft"]
     decoder = SpeculativeDecoder(models[0], models[draft_index], TOKENIZER, proposer=proposer)
     counts = sampled_counts(decoder, params, k)

@@ -44,6 +44,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_block_embedding", &Decoder::set_block_embedding)
       .def("add_layer", &Decoder::add_layer)
       .def("forward", &Decoder::forward, release())
+      .def_static("forward_batch", &Decoder::forward_batch, "one pass for several sequences", release())
       .def("crop", &Decoder::crop)
       .def("keep", &Decoder::keep)
       .def("__len__", &Decoder::length);

@@ -121,55 +121,87 @@ void Decoder::reserve(int64_t total) {
 }
 
 at::Tensor Decoder::forward(at::Tensor ids, at::Tensor positions, c10::optional<at::Tensor> see, int64_t num_logits) {
-  const int64_t layers = int64_t(input_norms_.size()), n = ids.size(0), total = length_ + n, d = head_dim_;
-  TORCH_CHECK(int64_t(projections_.size()) == PROJECTIONS_PER_LAYER * layers + 1, "decoder is incomplete");
-  TORCH_CHECK(n >= 1 && positions.size(0) == n && num_logits >= 1 && num_logits <= n, "bad token count");
-  at::Tensor mask;
-  if (see.has_value()) {
-    mask = see->to(at::kBool).contiguous();
-    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == n && mask.size(1) == total, "mask must be [n, length + n]");
+  return forward_batch({this}, {ids}, {positions}, {see}, {num_logits})[0];
+}
+
+std::vector<at::Tensor> Decoder::forward_batch(const std::vector<Decoder*>& seqs, const std::vector<at::Tensor>& ids,
+                                               const std::vector<at::Tensor>& positions,
+                                               const std::vector<c10::optional<at::Tensor>>& see,
+                                               const std::vector<int64_t>& num_logits) {
+  const int64_t count = int64_t(seqs.size());
+  TORCH_CHECK(count >= 1 && int64_t(ids.size()) == count && int64_t(positions.size()) == count &&
+                  int64_t(see.size()) == count && int64_t(num_logits.size()) == count,
+              "one ids, positions, see and num_logits per sequence");
+  const Decoder& w = *seqs[0];  // the weights (every sequence's decoder shares them)
+  const int64_t layers = int64_t(w.input_norms_.size()), d = w.head_dim_, half = d / 2;
+  TORCH_CHECK(int64_t(w.projections_.size()) == PROJECTIONS_PER_LAYER * layers + 1, "decoder is incomplete");
+  std::vector<int64_t> first(count + 1, 0);  // sequence s has rows [first[s], first[s + 1])
+  std::vector<at::Tensor> masks(count);
+  for (int64_t s = 0; s < count; ++s) {
+    Decoder& seq = *seqs[s];
+    const int64_t n = ids[s].size(0);
+    TORCH_CHECK(n >= 1 && positions[s].size(0) == n && num_logits[s] >= 1 && num_logits[s] <= n, "bad token count");
+    TORCH_CHECK(int64_t(seq.input_norms_.size()) == layers && seq.head_dim_ == d && seq.kv_heads_ == w.kv_heads_,
+                "sequences of one batch need decoders of one model");
+    if (see[s].has_value()) {
+      masks[s] = see[s]->to(at::kBool).contiguous();
+      TORCH_CHECK(masks[s].dim() == 2 && masks[s].size(0) == n && masks[s].size(1) == seq.length_ + n,
+                  "mask must be [n, length + n]");
+    }
+    seq.reserve(seq.length_ + n);
+    first[s + 1] = first[s] + n;
   }
-  reserve(total);
-  // rotary angles [n, d / 2]
-  const int64_t half = d / 2;
-  std::vector<float> cos(n * half), sin(n * half);
-  const auto pos = positions.to(at::kLong).contiguous();
+  const int64_t rows = first[count];
+  // rotary angles [rows, d / 2]
+  std::vector<float> cos(rows * half), sin(rows * half);
+  const auto pos = at::cat(positions).to(at::kLong).contiguous();
   const int64_t* pp = pos.data_ptr<int64_t>();
-  const float* freq = inv_freq_.data_ptr<float>();
-  for (int64_t r = 0; r < n; ++r)
+  const float* freq = w.inv_freq_.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < half; ++j) {
       const float angle = float(pp[r]) * freq[j];
-      cos[r * half + j] = std::cos(angle) * rotary_scale_;
-      sin[r * half + j] = std::sin(angle) * rotary_scale_;
+      cos[r * half + j] = std::cos(angle) * w.rotary_scale_;
+      sin[r * half + j] = std::sin(angle) * w.rotary_scale_;
     }
-  at::Tensor h = block_embed_.has_value() ? block_embed_->rows(ids)
-                                          : embed_.index_select(0, ids.to(at::kLong)).to(at::kFloat).contiguous();
-  auto attention = at::empty({n, heads_ * d}, at::kFloat);
+  const at::Tensor all_ids = at::cat(ids).to(at::kLong);
+  at::Tensor h = w.block_embed_.has_value() ? w.block_embed_->rows(all_ids)
+                                            : w.embed_.index_select(0, all_ids).to(at::kFloat).contiguous();
+  auto attention = at::empty({rows, w.heads_ * d}, at::kFloat);
   for (int64_t l = 0; l < layers; ++l) {
-    const Projection* p = projections_.data() + PROJECTIONS_PER_LAYER * l;
-    at::Tensor x = rows(rms_norm(h, input_norms_[l], eps_));
-    at::Tensor q = project(p[0], x), k = project(p[1], x), v = project(p[2], x);
-    rotate(q.data_ptr<float>(), n, heads_, d, cos.data(), sin.data());
-    rotate(k.data_ptr<float>(), n, kv_heads_, d, cos.data(), sin.data());
-    float *kc = keys_[l].data_ptr<float>(), *vc = values_[l].data_ptr<float>();
-    const float *kn = k.data_ptr<float>(), *vn = v.data_ptr<float>();
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t g = 0; g < kv_heads_; ++g) {
-        const int64_t to = (g * capacity_ + length_ + r) * d, from = (r * kv_heads_ + g) * d;
-        std::memcpy(kc + to, kn + from, d * sizeof(float));
-        std::memcpy(vc + to, vn + from, d * sizeof(float));
-      }
-    attend_rows(q.data_ptr<float>(), kc, vc, capacity_ * d, 1, n, heads_, kv_heads_, d, total,
-                see.has_value() ? mask.data_ptr<bool>() : nullptr, scaling_, attention.data_ptr<float>());
-    add_into(h, project(p[3], rows(attention)));
-    x = rows(rms_norm(h, post_norms_[l], eps_));
-    at::Tensor gate = project(p[4], x), up = project(p[5], x);
+    const Projection* p = w.projections_.data() + PROJECTIONS_PER_LAYER * l;
+    at::Tensor x = w.rows(rms_norm(h, w.input_norms_[l], w.eps_));
+    at::Tensor q = w.project(p[0], x), k = w.project(p[1], x), v = w.project(p[2], x);
+    rotate(q.data_ptr<float>(), rows, w.heads_, d, cos.data(), sin.data());
+    rotate(k.data_ptr<float>(), rows, w.kv_heads_, d, cos.data(), sin.data());
+    for (int64_t s = 0; s < count; ++s) {
+      Decoder& seq = *seqs[s];
+      const int64_t n = first[s + 1] - first[s], capacity = seq.capacity_;
+      float *kc = seq.keys_[l].data_ptr<float>(), *vc = seq.values_[l].data_ptr<float>();
+      const float *kn = k.data_ptr<float>() + first[s] * w.kv_heads_ * d,
+                  *vn = v.data_ptr<float>() + first[s] * w.kv_heads_ * d;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t g = 0; g < w.kv_heads_; ++g) {
+          const int64_t to = (g * capacity + seq.length_ + r) * d, from = (r * w.kv_heads_ + g) * d;
+          std::memcpy(kc + to, kn + from, d * sizeof(float));
+          std::memcpy(vc + to, vn + from, d * sizeof(float));
+        }
+      attend_rows(q.data_ptr<float>() + first[s] * w.heads_ * d, kc, vc, capacity * d, 1, n, w.heads_, w.kv_heads_,
+                  d, seq.length_ + n, see[s].has_value() ? masks[s].data_ptr<bool>() : nullptr, w.scaling_,
+                  attention.data_ptr<float>() + first[s] * w.heads_ * d);
+    }
+    add_into(h, w.project(p[3], w.rows(attention)));
+    x = w.rows(rms_norm(h, w.post_norms_[l], w.eps_));
+    at::Tensor gate = w.project(p[4], x), up = w.project(p[5], x);
     silu_mul(gate.data_ptr<float>(), up.data_ptr<float>(), gate.numel());
-    add_into(h, project(p[6], rows(gate)));
+    add_into(h, w.project(p[6], w.rows(gate)));
   }
-  length_ = total;
-  at::Tensor last = rms_norm(h.narrow(0, n - num_logits, num_logits).contiguous(), final_norm_, eps_);
-  return project(projections_.back(), rows(last));
+  std::vector<at::Tensor> wanted;  // the rows that get logits, sequence by sequence
+  for (int64_t s = 0; s < count; ++s) {
+    seqs[s]->length_ += first[s + 1] - first[s];
+    wanted.push_back(h.narrow(0, first[s + 1] - num_logits[s], num_logits[s]));
+  }
+  at::Tensor last = rms_norm(at::cat(wanted).contiguous(), w.final_norm_, w.eps_);
+  return w.project(w.projections_.back(), w.rows(last)).split_with_sizes(num_logits);
 }
 
 void Decoder::crop(int64_t length) { length_ = std::max<int64_t>(0, std::min(length_, length)); }

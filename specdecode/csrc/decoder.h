@@ -32,6 +32,14 @@ class Decoder {
   // ids, positions: [n] int64; see: [n, length() + n] bool (which cached or new positions each token sees)
   // or None (causal). Appends the n tokens to the cache; returns logits [num_logits, V] of the last ones.
   at::Tensor forward(at::Tensor ids, at::Tensor positions, c10::optional<at::Tensor> see, int64_t num_logits);
+  // One pass for several sequences, each with its own decoder (cache) and the same weights as `seqs[0]`:
+  // sequence s appends ids[s] (as `forward` would) and gets logits [num_logits[s], V]. The projections
+  // run over all the sequences' rows at once (each row's bits as in a pass of its own), attention per
+  // sequence against its own cache.
+  static std::vector<at::Tensor> forward_batch(const std::vector<Decoder*>& seqs, const std::vector<at::Tensor>& ids,
+                                               const std::vector<at::Tensor>& positions,
+                                               const std::vector<c10::optional<at::Tensor>>& see,
+                                               const std::vector<int64_t>& num_logits);
   void crop(int64_t length);                        // forget cached positions from `length` on
   void keep(int64_t start, at::Tensor positions);   // cache <- [0, start) then `positions` (increasing, >= start)
   int64_t length() const { return length_; }

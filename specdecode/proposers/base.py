@@ -48,6 +48,10 @@ class Proposer(Protocol):
         """Forget all cached state."""
         ...
 
+    def fork(self) -> Proposer:
+        """A proposer of its own for another sequence (its own caches, the same models and costs)."""
+        ...
+
     def guess_cost(self) -> float | None:
         """Recent seconds per guessed token (None before any guess was made)."""
         ...

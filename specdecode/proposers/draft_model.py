@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from specdecode.kv import CachedModel
+from specdecode.kv import CachedModel, forward_together, next_logits_together
 from specdecode.proposers.base import CountsDraftPasses, Proposal
 from specdecode.sampling import Warp, check_finite, logits_to_probs, sample
 
@@ -24,24 +24,46 @@ def draw(logits: torch.Tensor, warp: Warp, generator: torch.Generator | None) ->
 class DraftModelProposer(CountsDraftPasses):
     """K draft passes of one token each; the K-th guess is never fed back (saves a pass)."""
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int) -> None:
-        self.draft = CachedModel(model, vocab_size)
+    def __init__(self, model: PreTrainedModel, vocab_size: int, cache: CachedModel | None = None) -> None:
+        self.draft = cache if cache is not None else CachedModel(model, vocab_size)
 
     def reset(self) -> None:
         self.draft.rollback(0)
+
+    def fork(self) -> DraftModelProposer:
+        return DraftModelProposer(self.draft.model, self.draft.vocab_size, self.draft.fork())
 
     def guess_cost(self) -> float | None:
         return self.draft.pass_cost(1)
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
-        guesses: list[int] = []
-        dists: list[torch.Tensor] = []
-        logits = self.draft.next_logits(tokens)[-1]  # [V]
-        for i in range(k):
-            token, probs = draw(logits, warp, generator)
-            guesses.append(token)
-            if probs is not None:
-                dists.append(probs)
-            if i + 1 < k:
-                logits = self.draft.forward(guesses[-1:], num_logits=1)[-1]
-        return Proposal(guesses, torch.stack(dists) if dists else None)
+        return propose_together([self], [tokens], [k], [warp], [generator])[0]
+
+
+def propose_together(
+    proposers: Sequence[DraftModelProposer],
+    tokens: Sequence[Sequence[int]],
+    ks: Sequence[int],
+    warps: Sequence[Warp],
+    generators: Sequence[torch.Generator | None],
+) -> list[Proposal]:
+    """Each fork b guesses ks[b] tokens after tokens[b], every draft pass shared by the rows still
+    guessing; row b draws exactly what it would alone (its own generator, its own row's bits)."""
+    caches = [p.draft for p in proposers]
+    logits = [rows[-1] for rows in next_logits_together(caches, tokens, [[]] * len(caches), [None] * len(caches))]
+    guesses: list[list[int]] = [[] for _ in proposers]
+    dists: list[list[torch.Tensor]] = [[] for _ in proposers]
+    for i in range(max(ks, default=0)):
+        for b, k in enumerate(ks):
+            if i < k:
+                token, probs = draw(logits[b], warps[b], generators[b])
+                guesses[b].append(token)
+                dists[b] += [] if probs is None else [probs]
+        more = [b for b, k in enumerate(ks) if i + 1 < k]  # the K-th guess is never fed back
+        if more:
+            fed = forward_together(
+                [caches[b] for b in more], [guesses[b][-1:] for b in more], [1] * len(more), [None] * len(more)
+            )
+            for b, rows in zip(more, fed, strict=True):
+                logits[b] = rows[-1]
+    return [Proposal(g, torch.stack(d) if d else None) for g, d in zip(guesses, dists, strict=True)]

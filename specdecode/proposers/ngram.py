@@ -37,6 +37,9 @@ class NgramProposer:
     def reset(self) -> None:
         pass
 
+    def fork(self) -> NgramProposer:
+        return self
+
     def guess_cost(self) -> float:
         return 0.0  # a lookup costs well under a millisecond, nothing next to a model pass
 
@@ -53,6 +56,9 @@ class NgramThenDraftProposer(CountsDraftPasses):
 
     def reset(self) -> None:
         self.draft.reset()
+
+    def fork(self) -> NgramThenDraftProposer:
+        return NgramThenDraftProposer(self.ngram, self.draft.fork())
 
     def guess_cost(self) -> float:
         """The draft's cost per guess times the share of recent steps it served (lookups are free)."""

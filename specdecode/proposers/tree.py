@@ -34,6 +34,9 @@ class TreeProposer(CountsDraftPasses):
     def reset(self) -> None:
         self.draft.reset()
 
+    def fork(self) -> TreeProposer:
+        return TreeProposer(self.draft.fork(), self.width)
+
     def guess_cost(self) -> float | None:
         """Seconds of one depth: a draft pass over `width` nodes."""
         return self.draft.draft.pass_cost(self.width) or self.draft.guess_cost()
