@@ -84,7 +84,7 @@ def main() -> None:
     print("target pass ms:", {n: round(s * 1000) for n, s in verify_s.items()}, f"draft pass {draft_s * 1000:.0f} ms")
 
     policies = {f"K={k}": (lambda k=k: FixedK(k)) for k in range(AUTO_K_MAX + 1)}
-    auto = AutoK(verify_s.get, lambda: draft_s, AUTO_K_MAX)  # one for all prompts, as a decoder keeps it
+    auto = AutoK(verify_s.get, lambda rows: rows * draft_s, AUTO_K_MAX)  # one for all prompts, as a decoder keeps it
     policies |= {"heuristic": HeuristicK, "auto": lambda: auto}
     runs = []
     for i, prompt in enumerate(prompts):

@@ -59,6 +59,8 @@ class _BatchedDraft:
         self.draft = draft
 
     def propose(self, rows: Sequence[Row], ks: Sequence[int]) -> list[Proposal]:
+        if not any(ks):
+            return [Proposal([], None) for _ in rows]
         logits = self.draft.forward(self.draft.sync([r.tokens for r in rows]), num_logits=1)[:, -1]  # [B, V]
         guesses: list[list[int]] = [[] for _ in rows]
         dists: list[list[torch.Tensor]] = [[] for _ in rows]
@@ -83,17 +85,18 @@ class BatchDecoder:
         proposer = dec.proposer
         chains = proposer is None or isinstance(proposer, DraftModelProposer | NgramProposer)
         self.own_caches = dec.target.decoder is not None or not chains
+        # a compiled draft guesses for each row what it would alone, in its own fork (shared passes)
+        self.own_proposers = self.own_caches or getattr(getattr(proposer, "draft", None), "decoder", None) is not None
         if self.own_caches:
             self.verifier, self.propose, self.ragged = OWN_CACHES, propose_own, []
         else:
             target = RaggedCachedModel(dec.target.model, dec.vocab_size)
-            draft = isinstance(proposer, DraftModelProposer) and num_speculative_tokens != 0
+            draft = isinstance(proposer, DraftModelProposer) and num_speculative_tokens != 0 and not self.own_proposers
             self.draft = _BatchedDraft(RaggedCachedModel(proposer.draft.model, dec.vocab_size)) if draft else None
             self.verifier = RaggedVerifier(target)
             self.propose = self.draft.propose if self.draft else propose_own
             self.ragged = [target] + ([self.draft.draft] if self.draft else [])
         self.rows: list[Row] = []  # running rows, in cache order
-        self.done: list[Row] = []
         self.start = time.perf_counter()
         self._counters0 = self._counters()
 
@@ -105,12 +108,15 @@ class BatchDecoder:
         ignore_eos: bool = False,
         copies: int = 1,
         index: int = 0,
+        num_speculative_tokens: NumSpeculativeTokens | None = None,
     ) -> None:
-        """Add `copies` rows for one prompt (copy c seeded with sampling.seed + c), numbered from `index`.
-        In a ragged cache the prompt is read once and its cache shared by the copies."""
+        """Add `copies` rows for one prompt (copy c seeded with sampling.seed + c), numbered from `index`,
+        with their own K (default: the batch's). In a ragged cache the prompt is read once and its cache
+        shared by the copies."""
         dec = self.dec
         ids = dec.encode(prompt)
-        dec.check_request(len(ids), max_new_tokens, self.k)
+        k = self.k if num_speculative_tokens is None else num_speculative_tokens
+        dec.check_request(len(ids), max_new_tokens, k)
         eos = () if ignore_eos else dec.eos_ids
         for c in range(copies):
             seed = None if sampling.seed is None else sampling.seed + c
@@ -121,10 +127,10 @@ class BatchDecoder:
                     OutputTracker(dec.tokenizer, eos, sampling.stop, max_new_tokens),
                     replace(sampling, seed=seed),
                     make_generator(seed, dec.target.device),
-                    dec._policy(self.k, ids),
+                    dec._policy(k, ids),
                     DecodeStats(prompt_tokens=len(ids)),
                     target=dec.target.fork() if own else None,
-                    proposer=dec.proposer.fork() if own and dec.proposer is not None else dec.proposer,
+                    proposer=dec.proposer.fork() if self.own_proposers else dec.proposer,
                     index=index + c,
                 )
             )
@@ -139,47 +145,55 @@ class BatchDecoder:
     def finished(self) -> bool:
         return not self.rows
 
-    def step(self) -> None:
-        """One speculative step for every running row; finished rows leave the batch."""
+    def step(self) -> list[tuple[Row, list[int]]]:
+        """One speculative step for every running row: (row, the tokens it committed) each; finished
+        rows leave the batch."""
         rows = self.rows
-        step(rows, self.verifier, self.propose)
-        now = time.perf_counter() - self.start
+        committed = step(rows, self.verifier, self.propose)
+        now = time.perf_counter()
         for row in rows:
             row.stats.new_tokens = len(row.output)
-            row.stats.first_token_s = row.stats.first_token_s or now
-            row.stats.wall_s = now
-        keep = [i for i, row in enumerate(rows) if not row.output.finished]
-        self.done += [row for row in rows if row.output.finished]
-        if len(keep) < len(rows):
-            self.rows = [rows[i] for i in keep]
+            row.stats.first_token_s = row.stats.first_token_s or now - row.started
+            row.stats.wall_s = now - row.started
+        self._keep([i for i, row in enumerate(rows) if not row.output.finished])
+        return list(zip(rows, committed, strict=True))
+
+    def remove(self, indices: set[int]) -> None:
+        """Drop the running rows numbered `indices` (their client has gone)."""
+        self._keep([i for i, row in enumerate(self.rows) if row.index not in indices])
+
+    def _keep(self, keep: list[int]) -> None:
+        if len(keep) < len(self.rows):
+            self.rows = [self.rows[i] for i in keep]
             for cache in self.ragged:
                 cache.select(keep)
 
     def _counters(self) -> tuple[float, float, int, int]:
         """(target seconds, draft seconds, draft passes, target passes) so far."""
-        if self.ragged:
-            draft = self.ragged[1:]
-            return (self.ragged[0].forward_s, sum(d.forward_s for d in draft), sum(d.passes for d in draft),
-                    self.ragged[0].passes)  # fmt: skip
-        draft_s, draft_passes = self.dec._draft_counters()
-        return self.dec.target.forward_s, draft_s, draft_passes, self.dec.target.passes
+        target = self.ragged[0] if self.ragged else self.dec.target
+        if self.own_proposers or not self.ragged[1:]:
+            draft_s, draft_passes = self.dec._draft_counters()
+        else:
+            draft_s, draft_passes = self.ragged[1].forward_s, self.ragged[1].passes
+        return target.forward_s, draft_s, draft_passes, target.passes
 
     def run(self) -> BatchResult:
         """Step until every row is finished; the results in the order the rows were added."""
+        done = [row for row in self.rows if row.output.finished]
         while not self.finished:
-            self.step()
+            done += [row for row, _ in self.step() if row.output.finished]
         target_s, draft_s, draft_passes, target_passes = (
             now - then for now, then in zip(self._counters(), self._counters0, strict=True)
         )
         total = DecodeStats()
         results = BatchResult()
-        for row in sorted(self.done, key=lambda r: r.index):
+        for row in sorted(done, key=lambda r: r.index):
             row.stats.target_s, row.stats.draft_s, row.stats.draft_passes = target_s, draft_s, draft_passes
             total.add(row.stats)
             results.append(GenerationResult(row.output.text, row.output.token_ids, row.output.finish_reason, row.stats))
         total.wall_s, total.target_s, total.draft_s = time.perf_counter() - self.start, target_s, draft_s
         total.draft_passes = draft_passes
-        total.first_token_s = min((r.stats.first_token_s for r in self.done), default=0.0)
+        total.first_token_s = min((r.stats.first_token_s for r in done), default=0.0)
         results.stats, results.batched_passes = total, target_passes
         return results
 

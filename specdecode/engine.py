@@ -430,7 +430,7 @@ class SpeculativeDecoder:
         width = getattr(self.proposer, "width", 1)  # guesses per depth: a tree's width
         k_max = min(AUTO_K_MAX, max(1, AUTO_TREE_NODES_MAX // width))
         sizes = [width * k + 1 for k in range(k_max + 1)]
-        if self.proposer.guess_cost() is None or any(self.target.pass_cost(n) is None for n in sizes):
+        if self.proposer.guess_cost() is None or any(self.target.pass_time(n) is None for n in sizes):
             calibrate(self.target, self.proposer, prompt_ids, sizes)  # once per decoder
         self._auto = AutoK(self.target.pass_cost, self.proposer.guess_cost, k_max, width)
         return self._auto

@@ -25,7 +25,7 @@ from transformers import DynamicCache, PreTrainedModel
 from specdecode.compiled_decoder import FACTORY
 from specdecode.pass_costs import PassCosts, device_pace
 
-TIMED_PASS_MAX = 64  # passes over at most this many new tokens are timed per size (prefills are not)
+TIMED_PASS_MAX = 512  # passes over at most this many new tokens (all rows) are timed per size
 
 
 class PassClock:

@@ -52,6 +52,23 @@ class PassCosts:
         self.shape[n] = shape * math.exp(SHAPE_RATE * error)
 
     def cost(self, n: int) -> float | None:
-        """Estimated seconds of a pass over n new tokens now; None before one was seen."""
+        """Estimated seconds of a pass over n new tokens now; None before one was seen. A size not
+        measured yet is interpolated linearly between the nearest measured ones (beyond them, along
+        the last two; with one, proportionally to n)."""
+        if self.pace.value is None or not self.shape:
+            return None
         shape = self.shape.get(n)
-        return None if shape is None or self.pace.value is None else self.pace.value * shape
+        if shape is None:
+            shape = interpolate(self.shape, n)
+        return self.pace.value * shape
+
+
+def interpolate(points: dict[int, float], n: int) -> float:
+    """The piecewise-linear curve through `points` {size: value} at n (extended along its end segments)."""
+    sizes = sorted(points)
+    if len(sizes) == 1:
+        return points[sizes[0]] * n / sizes[0]
+    above = next((i for i, size in enumerate(sizes) if size > n), len(sizes) - 1)
+    low, high = sizes[max(above - 1, 0)], sizes[max(above, 1)]
+    slope = (points[high] - points[low]) / (high - low)
+    return max(points[low] + slope * (n - low), 1e-12)

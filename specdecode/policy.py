@@ -16,7 +16,9 @@ from specdecode.sampling import Warp
 class KPolicy(Protocol):
     """Chooses how many tokens to guess in the next step and learns from what happened."""
 
-    def next_k(self) -> int: ...
+    def next_k(self, rows: int = 1) -> int:
+        """K for a row of the next step, whose target pass verifies `rows` rows."""
+        ...
 
     def observe(self, guessed: int, accepted: int) -> None: ...
 
@@ -67,7 +69,7 @@ class FixedK:
     def __init__(self, k: int) -> None:
         self.k = k
 
-    def next_k(self) -> int:
+    def next_k(self, rows: int = 1) -> int:
         return self.k
 
     def observe(self, guessed: int, accepted: int) -> None:
@@ -80,7 +82,7 @@ class HeuristicK:
     def __init__(self, start: int = 4, k_max: int = 16) -> None:
         self.k, self.k_max = start, k_max
 
-    def next_k(self) -> int:
+    def next_k(self, rows: int = 1) -> int:
         return self.k
 
     def observe(self, guessed: int, accepted: int) -> None:
@@ -96,7 +98,11 @@ class AutoK:
     1 / (1 - decay) examinations), and shrunk by one pseudo-observation towards the rate of the
     position before (so a position never tried inherits it). A heavier prior or a shorter memory
     biases the rates towards the prior and makes the policy guess too little. Costs are what
-    `cost(n)` (target, n tokens) and `draft_cost()` report at the time. K = 0 (plain
+    `cost(n)` (a target pass over n tokens, all rows together) and `draft_cost(rows)` (a draft pass
+    guessing for `rows` rows) report at the time. In a batch of B rows every row is expected to
+    accept as the rates say, so K is the best for the whole pass: B * E(K) tokens for K draft passes
+    and a target pass over B * (K + 1) tokens, against B tokens for a pass over B; as B grows and
+    verification stops being cheap, K shrinks and reaches 0. K = 0 (plain
     decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... (at most
     64) plain steps, so a draft that becomes useful again is noticed and a useless one costs little.
 
@@ -126,9 +132,9 @@ class AutoK:
             out.append(prior)
         return out
 
-    def next_k(self) -> int:
-        curve = step_costs(self.cost, self.width, self.k_max)
-        k, gain = best_k(self.rates, self.draft_cost() / curve[1], curve)
+    def next_k(self, rows: int = 1) -> int:
+        curve = step_costs(lambda n: self.cost(rows * n), self.width, self.k_max)
+        k, gain = best_k(self.rates, self.draft_cost(rows) / curve[1], curve)
         if k > 0 and gain >= 1.0 + self.min_gain:
             self.plain_steps, self.probe_after = 0, 4
             return k
@@ -160,9 +166,21 @@ def measure_pass_costs(model, context: Sequence[int], sizes: Sequence[int], repe
     return {n: model.pass_time(n) for n in sizes}
 
 
+BATCH_PASS_SIZES = (16, 32, 64, 128)  # target passes of batches: costs between are interpolated
+DRAFT_ROWS = (2, 4, 8, 16)  # draft passes guessing for this many rows
+
+
 def calibrate(target, proposer, context: Sequence[int], sizes: Sequence[int], repeats: int = 2) -> None:
-    """Time target passes over each of `sizes` tokens and a few guesses, so that `pass_cost` and
-    `guess_cost` know them before the first step of the `auto` policy."""
-    measure_pass_costs(target, context[:-1] or context, sizes, repeats)
+    """Time target passes over each of `sizes` tokens and over batch-sized passes, and a few guesses
+    (a draft model's passes over several rows too), so that `pass_cost` and `guess_cost` know them
+    before the first step of the `auto` policy. A pass over n tokens of one sequence stands for one
+    over n rows of a batch (the kernels compute a row the same way whatever the pass holds)."""
+    measure_pass_costs(target, context[:-1] or context, sorted({*sizes, *BATCH_PASS_SIZES}), repeats)
     for _ in range(repeats + 1):
         proposer.propose(context, 3, Warp(temperature=0.0), None)
+    draft = proposer
+    while draft is not None and not hasattr(draft, "rollback"):  # the proposer's draft model's cache, if any
+        draft = getattr(draft, "draft", None)
+    if draft is not None:
+        measure_pass_costs(draft, context[:-1] or context, DRAFT_ROWS, repeats)
+        draft.rollback(0)

@@ -39,6 +39,10 @@ class RaggedCachedModel:
     @torch.inference_mode()
     def select(self, rows: Sequence[int]) -> None:
         """Keep only `rows` (indices, repeats allowed: a row repeated shares its cached prefix), in that order."""
+        if not rows:  # an empty batch starts afresh (a cache of no rows cannot grow new ones)
+            self.cache = DynamicCache(config=self.model.config)
+            self.valid, self.ids = self.valid.new_zeros(0, 0), []
+            return
         index = torch.tensor(list(rows), dtype=torch.long, device=self.valid.device)
         for layer in self._layers():
             layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)

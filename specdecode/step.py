@@ -14,6 +14,7 @@ stream are its own, and the passes they share compute each row as a pass of its 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -43,6 +44,8 @@ class Row:
     target: CachedModel | None = None  # a fork of the target's cache (see `OwnCaches`)
     proposer: Proposer | None = None  # None: no guesses (K = 0 only)
     index: int = 0  # the caller's number for it
+    k: int = 0  # the K of its last step
+    started: float = field(default_factory=time.perf_counter)
     target_warp: Warp = field(init=False)
     draft_warp: Warp = field(init=False)
 
@@ -105,7 +108,9 @@ def step(
 ) -> list[list[int]]:
     """One speculative step for every row; returns the tokens each row committed."""
     # 1. propose: at most as many guesses as a row can still emit after this pass
-    ks = [min(row.policy.next_k(), row.output.max_new_tokens - len(row.output) - 1) for row in rows]
+    ks = [min(row.policy.next_k(len(rows)), row.output.max_new_tokens - len(row.output) - 1) for row in rows]
+    for row, k in zip(rows, ks, strict=True):
+        row.k = k
     guesses = propose(rows, ks)
     # 2. verify: one target pass over every row's uncached tokens and guesses
     logits = verifier.next_logits(rows, guesses)

@@ -18,8 +18,9 @@ REQUEST_TIMEOUT = 0.4  # s; 240 tokens of the tiny pair take about 1 s, 16 about
 LIMITS = {
     "-k": "3",
     "--max-tokens-limit": "240",
-    "--max-n": "4",
-    "--max-rows": "4",
+    "--max-n": "2",
+    "--max-batch-rows": "2",
+    "--max-rows": "3",
     "--max-pending": "8",
     "--request-timeout": str(REQUEST_TIMEOUT),
     "--max-queue-wait": "0.2",
@@ -115,15 +116,19 @@ def test_a_stream_past_its_deadline_ends_with_an_error_event_and_is_counted(serv
 
 
 def test_queue_wait_and_rows_are_bounded(server):
-    """While a long request runs: a request with more choices than the rows left gets 429 at once, and
-    one that waits in the queue longer than --max-queue-wait gets 429 when its turn comes."""
+    """A long request fills the batch (2 rows): the next one waits in the queue and, having waited longer
+    than --max-queue-wait, gets 429 when its turn comes; one more finds no room among the 3 rows the
+    server holds and gets 429 at once."""
     results = {}
-    first = threading.Thread(target=lambda: results.update(first=raw(server, "/v1/completions", LONG)))
+    first = threading.Thread(target=lambda: results.update(first=raw(server, "/v1/completions", LONG | {"n": 2})))
     first.start()
     time.sleep(0.05)
-    results["rows"] = raw(server, "/v1/completions", completion(n=4, temperature=1))
-    results["queued"] = raw(server, "/v1/completions", completion())
+    queued = threading.Thread(target=lambda: results.update(queued=raw(server, "/v1/completions", completion())))
+    queued.start()
+    time.sleep(0.05)
+    results["rows"] = raw(server, "/v1/completions", completion())
     first.join()
+    queued.join()
     assert results["rows"][0] == 429 and "choices" in results["rows"][1]["error"]["message"]
     assert results["queued"][0] == 429 and "queue" in results["queued"][1]["error"]["message"]
     assert results["first"][0] == 408

@@ -62,7 +62,7 @@ def test_heuristic_schedule():
 
 
 def test_auto_guesses_many_when_verification_is_free_and_guesses_are_good():
-    policy = AutoK(cost=lambda n: 1.0, draft_cost=lambda: 0.05, k_max=8)
+    policy = AutoK(cost=lambda n: 1.0, draft_cost=lambda rows: rows * 0.05, k_max=8)
     for _ in range(20):
         policy.observe(8, 8)
     assert policy.next_k() == 8
@@ -70,7 +70,7 @@ def test_auto_guesses_many_when_verification_is_free_and_guesses_are_good():
 
 def test_auto_falls_back_to_plain_decoding_and_probes_with_backoff():
     cpu_curve = {1: 1.0, 2: 2.0, 3: 2.9, 4: 2.9, 5: 2.9}
-    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda: 0.4, k_max=4)
+    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda rows: rows * 0.4, k_max=4)
     for _ in range(5):
         policy.observe(4, 0)  # a useless draft
     ks = [policy.next_k() for _ in range(4 + 8 + 16)]
@@ -96,7 +96,7 @@ def guesses_on_a_drifting_machine(target, draft) -> int:
     machine whose pace swings between 1.0 and 1.3 every 10 steps (+-5% noise, seeded). A pass over
     n tokens costs 1 + 0.05 (n - 1) times the pace."""
     rng = random.Random(0)
-    policy = AutoK(cost=target.cost, draft_cost=lambda: draft.cost(1), k_max=4)
+    policy = AutoK(cost=target.cost, draft_cost=draft.cost, k_max=4)
     for _ in range(3):  # calibration, at the normal pace
         for n in range(1, 6):
             target.observe(n, 1 + 0.05 * (n - 1))
@@ -145,7 +145,7 @@ def test_pass_costs_move_every_size_with_the_machine_and_keep_their_ratios():
 
 def test_auto_asks_a_margin_before_guessing():
     """A draft that the model says is 1.5% faster than plain decoding is not used (`min_gain` 3%)."""
-    policies = [AutoK(cost=None, draft_cost=lambda: 0.1, k_max=1, min_gain=m) for m in (0.03, 0.0)]
+    policies = [AutoK(cost=None, draft_cost=lambda rows: rows * 0.1, k_max=1, min_gain=m) for m in (0.03, 0.0)]
     for policy in policies:
         for step in range(300):
             policy.observe(1, int(step % 10 < 3))  # about 30% accepted
@@ -160,7 +160,7 @@ def test_auto_asks_a_margin_before_guessing():
 
 def test_auto_follows_measured_costs():
     cpu_curve = {1: 1.0, 2: 2.0, 3: 2.9, 4: 2.9, 5: 2.9}
-    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda: 0.1, k_max=4)
+    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda rows: rows * 0.1, k_max=4)
     for _ in range(30):
         policy.observe(4, 4)
     k = policy.next_k()
@@ -171,7 +171,7 @@ def test_auto_learns_acceptance_per_position():
     """Bursty acceptance: every other step rejects the first guess, the others accept all six.
     The truth is 0.5 * 1 + 0.5 * 7 = 4 tokens a pass; one alpha (6/7 of guesses examined were
     accepted) would predict 4.6, the per-position rates see the real pattern."""
-    policy = AutoK(cost=lambda n: 1.0 + 0.05 * n, draft_cost=lambda: 0.1, k_max=6)
+    policy = AutoK(cost=lambda n: 1.0 + 0.05 * n, draft_cost=lambda rows: rows * 0.1, k_max=6)
     for step in range(60):
         policy.observe(6, 6 if step % 2 else 0)
     rates = policy.rates
@@ -194,7 +194,7 @@ def test_auto_rates_are_not_biased_towards_the_prior():
     import random
 
     rng = random.Random(0)
-    policy = AutoK(cost=lambda n: 1.0 + 0.05 * n, draft_cost=lambda: 0.1, k_max=8)
+    policy = AutoK(cost=lambda n: 1.0 + 0.05 * n, draft_cost=lambda rows: rows * 0.1, k_max=8)
     seen, hits = [], []
     for step in range(400):
         accepted = next((i for i in range(8) if rng.random() >= 0.9), 8)
@@ -213,3 +213,27 @@ def test_stats_add_sums_counters_and_positions():
     a.add(b)
     assert (a.drafted, a.accepted, a.rejections, a.target_passes) == (10, 7, 1, 3)
     assert a.drafted_at == [3, 3, 2, 2] and a.accepted_at == [3, 2, 1, 1]
+
+
+def test_auto_shrinks_k_as_the_batch_grows_and_verification_stops_being_cheap():
+    """A CPU-like target (a pass costs 1 + 0.05 per token beyond the first), a draft pass 0.1 + 0.01 a
+    row, guesses accepted with probability 0.7: one row guesses several tokens, K shrinks as rows are
+    added, and 32 rows, whose plain pass already costs what verifying many guesses of one row does,
+    guess none."""
+    policy = AutoK(cost=lambda n: 1.0 + 0.05 * (n - 1), draft_cost=lambda rows: 0.1 + 0.01 * rows, k_max=8)
+    rng = random.Random(0)
+    for _ in range(300):
+        accepted = 0
+        while accepted < 8 and rng.random() < 0.7:
+            accepted += 1
+        policy.observe(8, accepted)
+    ks = [policy.next_k(rows) for rows in (1, 2, 4, 8, 16, 32)]
+    assert ks[0] >= 3 and ks == sorted(ks, reverse=True) and ks[-1] == 0, ks
+
+
+def test_pass_costs_interpolate_sizes_not_measured():
+    costs = PassCosts(Pace())
+    for n, seconds in ((1, 1.0), (4, 1.6), (8, 2.0)):
+        costs.observe(n, seconds)
+    assert costs.cost(2) == pytest.approx(1.2) and costs.cost(6) == pytest.approx(1.8)
+    assert costs.cost(16) == pytest.approx(2.8)  # along the last segment

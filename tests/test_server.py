@@ -108,6 +108,39 @@ def test_n_samples_use_seeds_from_seed(client, reference, stream):
     assert len(set(wants)) > 1  # the seeds differ, and so do the samples
 
 
+def test_concurrent_requests_are_decoded_together_and_each_is_its_own_output(client, server, reference):
+    """Four requests at once (--max-pending), greedy and seeded samples with n = 2: the server runs them
+    in shared steps (batches of several rows) and each answer equals the decoder's own for that request alone."""
+    prompts = ["def add(a, b):", "a", "print(1, 2) = 3", "the quick brown fox"]
+    start = metrics(server)
+    before = start.get("specdecode_batch_rows_sum", 0.0), start.get("specdecode_batch_rows_count", 0)
+    answers = {}
+
+    def ask(i: int) -> None:
+        if i % 2:
+            sampled = dict(temperature=1.0, seed=7 * i, n=2, extra_body={"top_k": 10})
+            out = client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=20, **sampled)
+        else:
+            out = client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=20, temperature=0)
+        answers[i] = [c.text for c in sorted(out.choices, key=lambda c: c.index)]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, prompt in enumerate(prompts):
+        if i % 2:
+            want = [expected(reference, prompt, 20, temperature=1.0, top_k=10, seed=7 * i + c).text for c in range(2)]
+        else:
+            want = [expected(reference, prompt, 20).text]
+        assert answers[i] == want, f"request {i}"
+    after = metrics(server)
+    rows = after["specdecode_batch_rows_sum"] - before[0]
+    steps = after["specdecode_batch_rows_count"] - before[1]
+    assert rows / steps > 1.5  # most steps decoded several requests' rows together
+
+
 def test_stop_strings(client, reference):
     full = expected(reference, PROMPT, 30).text
     stop = full[5:7]

@@ -52,8 +52,8 @@ class Proposer(Protocol):
         """A proposer of its own for another sequence (its own caches, the same models and costs)."""
         ...
 
-    def guess_cost(self) -> float | None:
-        """Recent seconds per guessed token (None before any guess was made)."""
+    def guess_cost(self, rows: int = 1) -> float | None:
+        """Recent seconds of one guess for each of `rows` rows (None before any guess was made)."""
         ...
 
     @property

@@ -33,8 +33,8 @@ class DraftModelProposer(CountsDraftPasses):
     def fork(self) -> DraftModelProposer:
         return DraftModelProposer(self.draft.model, self.draft.vocab_size, self.draft.fork())
 
-    def guess_cost(self) -> float | None:
-        return self.draft.pass_cost(1)
+    def guess_cost(self, rows: int = 1) -> float | None:
+        return self.draft.pass_cost(rows)
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         return propose_together([self], [tokens], [k], [warp], [generator])[0]

@@ -40,7 +40,7 @@ class NgramProposer:
     def fork(self) -> NgramProposer:
         return self
 
-    def guess_cost(self) -> float:
+    def guess_cost(self, rows: int = 1) -> float:
         return 0.0  # a lookup costs well under a millisecond, nothing next to a model pass
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
@@ -60,9 +60,9 @@ class NgramThenDraftProposer(CountsDraftPasses):
     def fork(self) -> NgramThenDraftProposer:
         return NgramThenDraftProposer(self.ngram, self.draft.fork())
 
-    def guess_cost(self) -> float:
+    def guess_cost(self, rows: int = 1) -> float:
         """The draft's cost per guess times the share of recent steps it served (lookups are free)."""
-        return self.draft_share * (self.draft.guess_cost() or 0.0)
+        return self.draft_share * (self.draft.guess_cost(rows) or 0.0)
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         guess = self.ngram.propose(tokens, k, warp, generator)

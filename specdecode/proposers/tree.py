@@ -37,9 +37,9 @@ class TreeProposer(CountsDraftPasses):
     def fork(self) -> TreeProposer:
         return TreeProposer(self.draft.fork(), self.width)
 
-    def guess_cost(self) -> float | None:
-        """Seconds of one depth: a draft pass over `width` nodes."""
-        return self.draft.draft.pass_cost(self.width) or self.draft.guess_cost()
+    def guess_cost(self, rows: int = 1) -> float | None:
+        """Seconds of one depth: a draft pass over `width` nodes of each row."""
+        return self.draft.draft.pass_cost(rows * self.width)
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         cache = self.draft.draft

@@ -49,7 +49,16 @@ class Choice:
 def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
     """The app for one decoder; its decoding thread starts now and stops at shutdown."""
     metrics = Metrics()
-    worker = Worker(decoder, config.max_pending, config.max_rows, on_tokens=metrics.generation_tokens.inc)
+    if config.max_n > config.max_batch_rows:
+        raise ValueError(f"max_n ({config.max_n}) must be at most max_batch_rows ({config.max_batch_rows})")
+    worker = Worker(
+        decoder,
+        config.max_pending,
+        config.max_rows,
+        config.max_batch_rows,
+        on_tokens=metrics.generation_tokens.inc,
+        on_step=metrics.record_step,
+    )
     metrics.watch_queue(running=lambda: worker.running, waiting=lambda: worker.waiting)
     started = int(time.time())
 

@@ -30,6 +30,7 @@ class ServerConfig:
     max_pending: int = limit(64, "requests queued + running; more get 429")
     max_rows: int = limit(64, "choices (n summed over requests) queued + running; more get 429")
     max_n: int = limit(16, "largest n (choices per request)")
+    max_batch_rows: int = limit(16, "choices decoded together (one batch); more wait in the queue")
     max_queue_wait: float = limit(300.0, "seconds a request may wait for the decoder; then 429")
     request_timeout: float = limit(600.0, "seconds from arrival to the last token; then 408 or a stream error event")
     max_connections: int = limit(256, "open HTTP connections; more get 503")

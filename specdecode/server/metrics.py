@@ -31,6 +31,18 @@ class Metrics:
             "specdecode_spec_decode_mean_acceptance_length", "Tokens per target pass since start", registry=r
         )
         self.latency = Histogram("specdecode_e2e_request_latency_seconds", "Request latency", registry=r)
+        self.batch_rows = Histogram(
+            "specdecode_batch_rows",
+            "Rows (choices) in each step's target pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.step_k = Histogram(
+            "specdecode_spec_decode_num_speculative_tokens",
+            "K chosen for each row of each step (0: plain decoding)",
+            buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16),
+            registry=r,
+        )
         self.first_token = Histogram("specdecode_time_to_first_token_seconds", "Time to first token", registry=r)
         self._totals = DecodeStats()
 
@@ -39,9 +51,15 @@ class Metrics:
         Gauge("specdecode_num_requests_running", "Requests being decoded", registry=self.registry).set_function(running)
         Gauge("specdecode_num_requests_waiting", "Requests queued", registry=self.registry).set_function(waiting)
 
+    def record_step(self, ks: list[int]) -> None:
+        """One step of the batch: the K of each of its rows."""
+        self.batch_rows.observe(len(ks))
+        for k in ks:
+            self.step_k.observe(k)
+
     def record_generation(self, stats: DecodeStats) -> None:
         """One finished choice (prompt tokens are counted once per request, by the caller)."""
-        self.drafts.inc(stats.target_passes)
+        self.drafts.inc(stats.drafted_at[0] if stats.drafted_at else 0)
         self.draft_tokens.inc(stats.drafted)
         self.accepted_tokens.inc(stats.accepted)
         for position, accepted in enumerate(stats.accepted_at):

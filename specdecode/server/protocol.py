@@ -132,7 +132,7 @@ def speculative(stats: list[DecodeStats]) -> dict:
     for s in stats:
         total.add(s)
     return {
-        "num_drafts": total.target_passes,
+        "num_drafts": total.drafted_at[0] if total.drafted_at else 0,
         "draft_tokens": total.drafted,
         "accepted_tokens": total.accepted,
         "acceptance_rate": total.acceptance_rate,
