@@ -20,13 +20,16 @@ from dataclasses import replace
 import torch
 
 from specdecode.engine import GenerationResult, NumSpeculativeTokens, Prompt, SpeculativeDecoder, make_generator
+from specdecode.kv import CachedModel
 from specdecode.output import OutputTracker
-from specdecode.proposers import DraftModelProposer, NgramProposer, Proposal
+from specdecode.proposers import DraftModelProposer, NgramProposer, Proposal, Proposer
 from specdecode.proposers.draft_model import draw
 from specdecode.ragged_kv import RaggedCachedModel
 from specdecode.sampling import SEED_RANGE, SamplingParams
 from specdecode.stats import DecodeStats
 from specdecode.step import OWN_CACHES, Row, propose_own, step
+
+SPARE_ROWS = 16  # finished rows whose caches the next rows reuse (a prefix they share is not read again)
 
 
 class BatchResult(list):
@@ -97,6 +100,7 @@ class BatchDecoder:
             self.propose = self.draft.propose if self.draft else propose_own
             self.ragged = [target] + ([self.draft.draft] if self.draft else [])
         self.rows: list[Row] = []  # running rows, in cache order
+        self._spare: list[Row] = []  # finished rows, for their caches
         self.start = time.perf_counter()
         self._counters0 = self._counters()
 
@@ -120,7 +124,7 @@ class BatchDecoder:
         eos = () if ignore_eos else dec.eos_ids
         for c in range(copies):
             seed = None if sampling.seed is None else sampling.seed + c
-            own = self.own_caches
+            target, proposer = self._caches(ids)
             self.rows.append(
                 Row(
                     list(ids),
@@ -129,8 +133,8 @@ class BatchDecoder:
                     make_generator(seed, dec.target.device),
                     dec._policy(k, ids),
                     DecodeStats(prompt_tokens=len(ids)),
-                    target=dec.target.fork() if own else None,
-                    proposer=dec.proposer.fork() if self.own_proposers else dec.proposer,
+                    target=target,
+                    proposer=proposer,
                     index=index + c,
                 )
             )
@@ -162,8 +166,21 @@ class BatchDecoder:
         """Drop the running rows numbered `indices` (their client has gone)."""
         self._keep([i for i, row in enumerate(self.rows) if row.index not in indices])
 
+    def _caches(self, ids: list[int]) -> tuple[CachedModel | None, Proposer | None]:
+        """A new row's target cache and proposer: those of the finished row sharing the longest prefix
+        with `ids`, or new forks."""
+        dec = self.dec
+        if self._spare and (self.own_caches or self.own_proposers):
+            best = max(self._spare, key=lambda row: shared_prefix(row.tokens, ids))
+            self._spare.remove(best)
+            return best.target, best.proposer
+        target = dec.target.fork() if self.own_caches else None
+        return target, dec.proposer.fork() if self.own_proposers else dec.proposer
+
     def _keep(self, keep: list[int]) -> None:
         if len(keep) < len(self.rows):
+            kept = set(keep)
+            self._spare = [*self._spare, *(row for i, row in enumerate(self.rows) if i not in kept)][-SPARE_ROWS:]
             self.rows = [self.rows[i] for i in keep]
             for cache in self.ragged:
                 cache.select(keep)
@@ -196,6 +213,11 @@ class BatchDecoder:
         total.first_token_s = min((r.stats.first_token_s for r in done), default=0.0)
         results.stats, results.batched_passes = total, target_passes
         return results
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of a and b."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def generate_batch(
