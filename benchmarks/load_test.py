@@ -185,11 +185,14 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=60)
-    draft = f"draft = first {args.draft_layers} layers" if args.draft_layers else f"draft {args.draft}"
+    if args.target:
+        draft = f"draft = first {args.draft_layers} layers" if args.draft_layers else f"draft {args.draft}"
+        server = f"{args.target} ({draft}, {args.dtype}, K={args.k})"
+    else:
+        server = f"{args.base_url} (started by hand)"
     lines = [
-        f"{cpu_name()}; server: {args.target or args.base_url} ({draft}, "
-        f"{args.dtype}, K={args.k}); {args.requests} streaming chat requests per level, max_tokens "
-        f"{args.max_tokens}, greedy. Requests are decoded one at a time (no batch engine yet), in arrival order.",
+        f"{cpu_name()}; server: {server}; {args.requests} streaming chat requests per level, max_tokens "
+        f"{args.max_tokens}, greedy.",
         "",
         "| concurrency | complete | failed | tokens/s | latency p50 / p95 (s) | time to first token p50 / p95 (s) |",
         "|---|---|---|---|---|---|",
