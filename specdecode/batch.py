@@ -16,18 +16,21 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from specdecode.engine import GenerationResult, NumSpeculativeTokens, Prompt, SpeculativeDecoder, make_generator
 from specdecode.kv import CachedModel
-from specdecode.output import OutputTracker
+from specdecode.output import GenerationResult, OutputTracker
 from specdecode.proposers import DraftModelProposer, NgramProposer, Proposal, Proposer
 from specdecode.proposers.draft_model import draw
 from specdecode.ragged_kv import RaggedCachedModel
-from specdecode.sampling import SEED_RANGE, SamplingParams
+from specdecode.sampling import SEED_RANGE, SamplingParams, make_generator
 from specdecode.stats import DecodeStats
 from specdecode.step import OWN_CACHES, Row, propose_own, step
+
+if TYPE_CHECKING:
+    from specdecode.engine import NumSpeculativeTokens, Prompt, SpeculativeDecoder
 
 SPARE_ROWS = 16  # finished rows whose caches the next rows reuse (a prefix they share is not read again)
 

@@ -6,13 +6,12 @@ import logging
 import numbers
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from specdecode import compiled_decoder
+from specdecode.batch import BatchResult, generate_batch
 from specdecode.fastlinear import QUANTIZATIONS, use_small_rows_path
 from specdecode.gguf_blocks import has_blocks
 from specdecode.kv import CachedModel
@@ -26,7 +25,7 @@ from specdecode.loading import (
     load_tokenizer,
     logit_width,
 )
-from specdecode.output import OutputTracker
+from specdecode.output import GenerationResult, OutputTracker, StreamChunk
 from specdecode.policy import AutoK, FixedK, HeuristicK, KPolicy, calibrate
 from specdecode.proposers import (
     DraftModelProposer,
@@ -35,33 +34,14 @@ from specdecode.proposers import (
     Proposer,
     TreeProposer,
 )
-from specdecode.sampling import SamplingParams, check_text
+from specdecode.sampling import SamplingParams, check_text, make_generator
 from specdecode.stats import DecodeStats
 from specdecode.step import Row, step
-
-if TYPE_CHECKING:
-    from specdecode.batch import BatchResult
 
 Prompt = str | Sequence[int] | Sequence[dict]
 NumSpeculativeTokens = int | str  # K >= 0, "auto" or "heuristic"
 AUTO_K_MAX = 8
 AUTO_TREE_NODES_MAX = 16  # "auto" grows a tree of width w to depth at most 16 // w
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]  # the new tokens only (an EOS that ended generation included)
-    finish_reason: str  # "stop" | "length"
-    stats: DecodeStats
-
-
-@dataclass
-class StreamChunk:
-    text: str  # new text since the previous chunk
-    token_ids: list[int]  # tokens accepted in this step
-    finish_reason: str | None  # set on the last chunk
-    stats: DecodeStats
 
 
 def checked_sampling(sampling: SamplingParams | None, ignore_eos: bool) -> SamplingParams:
@@ -73,16 +53,6 @@ def checked_sampling(sampling: SamplingParams | None, ignore_eos: bool) -> Sampl
     if not isinstance(sampling, SamplingParams):
         raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
     return sampling
-
-
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A generator seeded with `seed`, or from fresh entropy when it is None."""
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
-    return generator
 
 
 def is_batch(prompt) -> bool:
@@ -339,8 +309,6 @@ class SpeculativeDecoder:
         one GenerationResult per row (prompt p, sample c at index p * n + c, seeded seed + p * n + c).
         """
         if n != 1 or is_batch(prompt):
-            from specdecode.batch import generate_batch
-
             prompts = list(prompt) if is_batch(prompt) else [prompt]
             k, sampling = num_speculative_tokens, checked_sampling(sampling, ignore_eos)
             return generate_batch(self, prompts, max_new_tokens, k, sampling, ignore_eos, n)

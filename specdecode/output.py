@@ -1,10 +1,13 @@
-"""The generated tokens and their text: EOS ids, stop strings, max_new_tokens, streaming deltas."""
+"""The generated tokens and their text (EOS ids, stop strings, max_new_tokens, streaming deltas), and the results."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
+
+from specdecode.stats import DecodeStats
 
 
 class OutputTracker:
@@ -78,3 +81,19 @@ class OutputTracker:
         end = max(end, self._streamed)
         piece, self._streamed = text[self._streamed : end], end
         return piece
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # the new tokens only (an EOS that ended generation included)
+    finish_reason: str  # "stop" | "length"
+    stats: DecodeStats
+
+
+@dataclass
+class StreamChunk:
+    text: str  # new text since the previous chunk
+    token_ids: list[int]  # tokens accepted in this step
+    finish_reason: str | None  # set on the last chunk
+    stats: DecodeStats

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from specdecode.batch import BatchDecoder
-from specdecode.engine import NumSpeculativeTokens, SpeculativeDecoder, StreamChunk
+from specdecode.engine import NumSpeculativeTokens, SpeculativeDecoder
+from specdecode.output import StreamChunk
 from specdecode.sampling import SamplingParams
 
 log = logging.getLogger("specdecode.server")
