@@ -11,9 +11,9 @@ It rounds differently from the model's own forward pass (float32 activations). F
 which guesses are made, never the output. A target run through it (GGUF blocks, quantized targets) is
 decoded by it alone, prompt, verify passes and one-token steps alike, and each token's row is computed
 the same way whatever else the pass holds (small-rows and block kernels, row attention, per-row norms),
-so greedy speculative output equals its target-only output. Batches of such a target decode their rows
-one after another (`specdecode.batch`). `CachedModel` runs a model through it when `attach` has given
-the model one.
+so greedy speculative output equals its target-only output. The rows of a batch, each with its own
+decoder and cache, run in one call (`Decoder.forward_batch`, `kv.forward_together`). `CachedModel` runs a
+model through it when `attach` has given the model one.
 """
 
 from __future__ import annotations
