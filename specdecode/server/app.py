@@ -199,21 +199,17 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
             decoder.check_request(len(prompt_ids), max_tokens, k)
             if req.seed is not None and req.seed + req.n > SEED_RANGE[1]:
                 raise ValueError("seed + n - 1 must be below 2**64 (choice i is sampled with seed + i)")
-            seeds = [None if req.seed is None else req.seed + i for i in range(req.n)]
-            samplings = [
-                SamplingParams(
-                    temperature=req.temperature,
-                    top_k=req.top_k,
-                    top_p=req.top_p,
-                    min_p=req.min_p,
-                    seed=seed,
-                    stop=tuple(req.stop or ()),
-                )
-                for seed in seeds
-            ]
+            sampling = SamplingParams(
+                temperature=req.temperature,
+                top_k=req.top_k,
+                top_p=req.top_p,
+                min_p=req.min_p,
+                seed=req.seed,
+                stop=tuple(req.stop or ()),
+            )
         except (ValueError, TypeError) as err:
             raise APIError(400, str(err)) from None
-        return Job(prompt_ids, max_tokens, k, samplings, asyncio.get_running_loop())
+        return Job(prompt_ids, max_tokens, k, sampling, req.n, asyncio.get_running_loop())
 
     async def _events(request: Request, job: Job) -> AsyncIterator[tuple]:
         """The job's events until "done" or "error"; they stop (and the job is cancelled) once the client
@@ -235,7 +231,7 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                     return
 
     async def _collect(request: Request, job: Job, start: float) -> list[Choice] | None:
-        choices = [Choice() for _ in job.samplings]
+        choices = [Choice() for _ in range(job.rows)]
         try:
             async for kind, index, payload in _events(request, job):
                 if kind == "done":
@@ -261,7 +257,7 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
     ) -> AsyncIterator[str]:
         kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
-        choices = [Choice() for _ in job.samplings]
+        choices = [Choice() for _ in range(job.rows)]
 
         def sse(choice_list: list[dict], **extra) -> str:
             body = {**envelope(kind, request_id, config.model_name, created), "choices": choice_list, **extra}

@@ -41,7 +41,7 @@ class DeadlineError(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One request: `len(samplings)` choices of one prompt (choice i seeded samplings[0].seed + i).
+    """One request: `rows` choices of one prompt (choice i seeded sampling.seed + i).
 
     `start_by` and `finish_by` are `time.monotonic()` instants. Events put on `events`: ("chunk",
     choice index, StreamChunk) per step, then ("done", None, None), or ("error", None, exception).
@@ -50,7 +50,8 @@ class Job:
     prompt_ids: list[int]
     max_tokens: int
     k: NumSpeculativeTokens
-    samplings: list[SamplingParams]
+    sampling: SamplingParams
+    rows: int  # the request's n
     loop: asyncio.AbstractEventLoop
     start_by: float = float("inf")
     finish_by: float = float("inf")
@@ -60,10 +61,6 @@ class Job:
 
     def emit(self, kind: str, index: int | None, payload) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, index, payload))
-
-    @property
-    def rows(self) -> int:
-        return len(self.samplings)
 
 
 class Worker:
@@ -91,7 +88,6 @@ class Worker:
         self.pending = 0  # jobs queued + running
         self.pending_rows = 0
         self.running = 0  # jobs in the batch
-        self.batch_rows = 0  # rows in the batch
         self._thread = threading.Thread(target=self._serve, name="specdecode-decoder", daemon=True)
         self._thread.start()
 
@@ -167,13 +163,12 @@ class Worker:
             self._finish(job, ("error", None, error), admitted=False)
             return False
         job.first_row, self._next_row = self._next_row, self._next_row + job.rows
-        sampling = job.samplings[0]  # add() seeds copy c with seed + c, as the choices are
+        k = job.k
         batch.add(
-            job.prompt_ids, job.max_tokens, sampling, copies=job.rows, index=job.first_row, num_speculative_tokens=job.k
+            job.prompt_ids, job.max_tokens, job.sampling, copies=job.rows, index=job.first_row, num_speculative_tokens=k
         )
         with self._lock:
             self.running += 1
-            self.batch_rows += job.rows
         return True
 
     def _retire(self, jobs: list[Job], batch: BatchDecoder) -> list[Job]:
@@ -203,4 +198,3 @@ class Worker:
             self.pending_rows -= job.rows
             if admitted:
                 self.running -= 1
-                self.batch_rows -= job.rows
