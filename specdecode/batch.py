@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from specdecode.kv import CachedModel
+from specdecode.kv import CachedModel, shared_prefix
 from specdecode.output import GenerationResult, OutputTracker
 from specdecode.proposers import DraftModelProposer, NgramProposer, Proposal, Proposer
 from specdecode.proposers.draft_model import draw
 from specdecode.ragged_kv import RaggedCachedModel
 from specdecode.sampling import SEED_RANGE, SamplingParams, make_generator
 from specdecode.stats import DecodeStats
-from specdecode.step import OWN_CACHES, Row, propose_own, step
+from specdecode.step import OWN_CACHES, OWN_PROPOSERS, Row, step
 
 if TYPE_CHECKING:
     from specdecode.engine import NumSpeculativeTokens, Prompt, SpeculativeDecoder
@@ -64,6 +64,9 @@ class _BatchedDraft:
     def __init__(self, draft: RaggedCachedModel) -> None:
         self.draft = draft
 
+    def unread(self, rows: Sequence[Row]) -> list[int]:
+        return [len(row.tokens) - shared_prefix(ids, row.tokens) for row, ids in zip(rows, self.draft.ids, strict=True)]
+
     def propose(self, rows: Sequence[Row], ks: Sequence[int]) -> list[Proposal]:
         if not any(ks):
             return [Proposal([], None) for _ in rows]
@@ -94,13 +97,13 @@ class BatchDecoder:
         # a compiled draft guesses for each row what it would alone, in its own fork (shared passes)
         self.own_proposers = self.own_caches or getattr(getattr(proposer, "draft", None), "decoder", None) is not None
         if self.own_caches:
-            self.verifier, self.propose, self.ragged = OWN_CACHES, propose_own, []
+            self.verifier, self.proposing, self.ragged = OWN_CACHES, OWN_PROPOSERS, []
         else:
             target = RaggedCachedModel(dec.target.model, dec.vocab_size)
             draft = isinstance(proposer, DraftModelProposer) and num_speculative_tokens != 0 and not self.own_proposers
             self.draft = _BatchedDraft(RaggedCachedModel(proposer.draft.model, dec.vocab_size)) if draft else None
             self.verifier = RaggedVerifier(target)
-            self.propose = self.draft.propose if self.draft else propose_own
+            self.proposing = self.draft or OWN_PROPOSERS
             self.ragged = [target] + ([self.draft.draft] if self.draft else [])
         self.rows: list[Row] = []  # running rows, in cache order
         self._spare: list[Row] = []  # finished rows, for their caches
@@ -156,7 +159,7 @@ class BatchDecoder:
         """One speculative step for every running row: (row, the tokens it committed) each; finished
         rows leave the batch."""
         rows = self.rows
-        committed = step(rows, self.verifier, self.propose)
+        committed = step(rows, self.verifier, self.proposing)
         now = time.perf_counter()
         for row in rows:
             row.stats.new_tokens = len(row.output)
@@ -216,11 +219,6 @@ class BatchDecoder:
         total.first_token_s = min((r.stats.first_token_s for r in done), default=0.0)
         results.stats, results.batched_passes = total, target_passes
         return results
-
-
-def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the longest common prefix of a and b."""
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def generate_batch(

@@ -116,13 +116,16 @@ class CachedModel:
         self.ids = self.ids[:start] + [self.ids[p] for p in positions]
         self.tree_start, self._tree = None, {}
 
+    def unread(self, tokens: Sequence[int]) -> int:
+        """How many of `tokens` are past the longest prefix of them the cache holds (tree nodes aside)."""
+        cached = self.ids if self.tree_start is None else self.ids[: self.tree_start]
+        return len(tokens) - shared_prefix(cached, tokens)
+
     def sync(self, tokens: Sequence[int], keep_at_most: int | None = None) -> None:
         """Roll back to the longest prefix shared with `tokens` (and at most `keep_at_most`)."""
         if self.tree_start is not None:  # tree nodes are not a sequence: drop them
             self.rollback(self.tree_start)
-        n = min(len(self.ids), len(tokens))
-        if self.ids[:n] != list(tokens[:n]):
-            n = next(i for i, (a, b) in enumerate(zip(self.ids, tokens, strict=False)) if a != b)
+        n = len(tokens) - self.unread(tokens)
         if keep_at_most is not None:
             n = min(n, keep_at_most)
         self.rollback(n)
@@ -200,6 +203,14 @@ class CachedModel:
         """Logits after the last token of `tokens` and after each of `extra`: [len(extra)+1, V]
         (`next_logits_together` for one sequence)."""
         return next_logits_together([self], [tokens], [extra], [tree])[0]
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of a and b."""
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):  # the usual case, at C speed
+        return n
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def forward_together(

@@ -16,8 +16,11 @@ from specdecode.sampling import Warp
 class KPolicy(Protocol):
     """Chooses how many tokens to guess in the next step and learns from what happened."""
 
-    def next_k(self, rows: int = 1) -> int:
-        """K for a row of the next step, whose target pass verifies `rows` rows."""
+    probe: bool  # the last K is a probe: to be tried by one row only
+
+    def next_k(self, rows: int = 1, unread: int = 0) -> int:
+        """K for the rows of the next step that follow this policy; the step's target pass verifies
+        `rows` rows, and their drafts have `unread` tokens to read before guessing. Asked once per step."""
         ...
 
     def observe(self, guessed: int, accepted: int) -> None: ...
@@ -45,10 +48,13 @@ def expected_tokens(rates: float | Sequence[float], k: int) -> float:
 
 
 def expected_speedup(
-    rates: float | Sequence[float], k: int, draft_cost: float, verify_cost: Mapping[int, float]
+    rates: float | Sequence[float], k: int, draft_cost: float, verify_cost: Mapping[int, float], catch_up: float = 0.0
 ) -> float:
-    """Tokens per unit time relative to target-only decoding: E(K) / (K * draft_cost + verify_cost[K+1])."""
-    return expected_tokens(rates, k) / (k * draft_cost + verify_cost[k + 1] / verify_cost[1])
+    """Tokens per unit time relative to target-only decoding:
+    E(K) / (K * draft_cost + catch_up [K > 0] + verify_cost[K+1] / verify_cost[1]), where `catch_up` is
+    what a step that guesses pays on top of its K draft passes (the draft reading the tokens of the last
+    step that it has not seen)."""
+    return expected_tokens(rates, k) / (k * draft_cost + catch_up * (k > 0) + verify_cost[k + 1] / verify_cost[1])
 
 
 def step_costs(cost: Callable[[int], float | None], width: int, k_max: int) -> dict[int, float | None]:
@@ -57,19 +63,25 @@ def step_costs(cost: Callable[[int], float | None], width: int, k_max: int) -> d
     return {k + 1: cost(width * k + 1) for k in range(k_max + 1)}
 
 
-def best_k(rates: float | Sequence[float], draft_cost: float, verify_cost: Mapping[int, float]) -> tuple[int, float]:
+def best_k(
+    rates: float | Sequence[float], draft_cost: float, verify_cost: Mapping[int, float], catch_up: float = 0.0
+) -> tuple[int, float]:
     """(K, expected speedup) maximising the speedup over the K whose verify cost is known; K = 0 included."""
     candidates = [k for k in range(0, max(verify_cost)) if k + 1 in verify_cost]
-    return max(((k, expected_speedup(rates, k, draft_cost, verify_cost)) for k in candidates), key=lambda x: x[1])
+    return max(
+        ((k, expected_speedup(rates, k, draft_cost, verify_cost, catch_up)) for k in candidates), key=lambda x: x[1]
+    )
 
 
 class FixedK:
     """The same K every step."""
 
+    probe = False
+
     def __init__(self, k: int) -> None:
         self.k = k
 
-    def next_k(self, rows: int = 1) -> int:
+    def next_k(self, rows: int = 1, unread: int = 0) -> int:
         return self.k
 
     def observe(self, guessed: int, accepted: int) -> None:
@@ -79,10 +91,12 @@ class FixedK:
 class HeuristicK:
     """As `transformers` assisted generation schedules it: +2 after a fully accepted step, -1 otherwise."""
 
+    probe = False
+
     def __init__(self, start: int = 4, k_max: int = 16) -> None:
         self.k, self.k_max = start, k_max
 
-    def next_k(self, rows: int = 1) -> int:
+    def next_k(self, rows: int = 1, unread: int = 0) -> int:
         return self.k
 
     def observe(self, guessed: int, accepted: int) -> None:
@@ -101,10 +115,18 @@ class AutoK:
     `cost(n)` (a target pass over n tokens, all rows together) and `draft_cost(rows)` (a draft pass
     guessing for `rows` rows) report at the time. In a batch of B rows every row is expected to
     accept as the rates say, so K is the best for the whole pass: B * E(K) tokens for K draft passes
-    and a target pass over B * (K + 1) tokens, against B tokens for a pass over B; as B grows and
+    (the first also reading what the draft has not seen of the last step, about one more token a
+    row: costed as a draft pass over 2B tokens instead of B) and a target pass over B * (K + 1)
+    tokens, against B tokens for a pass over B. What the rows' drafts have not read yet (a new prompt,
+    the tokens of plain steps) costs a draft pass over it, spread over the next `CATCH_UP_STEPS`
+    steps: after plain decoding, guessing must pay for it to start. As B grows and
     verification stops being cheap, K shrinks and reaches 0. K = 0 (plain
-    decoding) is a choice: while it wins, a probe with K = 1 is made after 4, 8, 16, ... (at most
-    64) plain steps, so a draft that becomes useful again is noticed and a useless one costs little.
+    decoding) is a choice: while it wins, a probe with K = 1 (by one row of a batch: `probe`) is made
+    after 4, 8, 16, ... (at most 64) plain steps, so a draft that becomes useful again is noticed and a
+    useless one costs little;
+    no probe is made while guessing could not pay even if every guess were accepted (a batch so
+    large that verifying guesses costs more than they bring: a probe would learn nothing and cost
+    the draft's catching up with every row).
 
     Guessing must promise at least `min_gain` more tokens per second than plain decoding: the model
     leaves out per-step work (sampling over the vocabulary, acceptance) and a noisy cost reading
@@ -113,6 +135,7 @@ class AutoK:
     """
 
     PROBE_AFTER_MAX = 64  # plain steps
+    CATCH_UP_STEPS = 32  # steps over which the draft's reading what it has not seen is spread
 
     def __init__(
         self, cost, draft_cost, k_max: int = 8, width: int = 1, decay: float = 0.97, min_gain: float = 0.03
@@ -123,6 +146,7 @@ class AutoK:
         self.accepted_at = [0.0] * k_max  # decayed counts per position
         self.examined_at = [0.0] * k_max
         self.plain_steps, self.probe_after = 0, 4
+        self.probe = False
 
     @property
     def rates(self) -> list[float]:
@@ -132,16 +156,24 @@ class AutoK:
             out.append(prior)
         return out
 
-    def next_k(self, rows: int = 1) -> int:
+    def next_k(self, rows: int = 1, unread: int = 0) -> int:
         curve = step_costs(lambda n: self.cost(rows * n), self.width, self.k_max)
-        k, gain = best_k(self.rates, self.draft_cost(rows) / curve[1], curve)
+        draft_cost = self.draft_cost(rows) / curve[1]
+        catch_up = max((self.draft_cost(2 * rows) or 0.0) / curve[1] - draft_cost, 0.0)
+        if unread:
+            catch_up += (self.draft_cost(unread) or 0.0) / curve[1] / self.CATCH_UP_STEPS
+        k, gain = best_k(self.rates, draft_cost, curve, catch_up)
+        self.probe = False
         if k > 0 and gain >= 1.0 + self.min_gain:
             self.plain_steps, self.probe_after = 0, 4
             return k
+        if best_k(1.0, draft_cost, curve, catch_up)[1] < 1.0 + self.min_gain:
+            return 0  # no acceptance could make guessing pay at this batch size: nothing to probe
         self.plain_steps += 1
         if self.plain_steps < self.probe_after:
             return 0
         self.plain_steps, self.probe_after = 0, min(2 * self.probe_after, self.PROBE_AFTER_MAX)
+        self.probe = True
         return 1
 
     def observe(self, guessed: int, accepted: int) -> None:
@@ -167,7 +199,7 @@ def measure_pass_costs(model, context: Sequence[int], sizes: Sequence[int], repe
 
 
 BATCH_PASS_SIZES = (16, 32, 64, 128)  # target passes of batches: costs between are interpolated
-DRAFT_ROWS = (2, 4, 8, 16)  # draft passes guessing for this many rows
+DRAFT_PASS_SIZES = (2, 4, 8, 16, 64)  # draft passes for this many rows, or reading this many tokens
 
 
 def calibrate(target, proposer, context: Sequence[int], sizes: Sequence[int], repeats: int = 2) -> None:
@@ -182,5 +214,5 @@ def calibrate(target, proposer, context: Sequence[int], sizes: Sequence[int], re
     while draft is not None and not hasattr(draft, "rollback"):  # the proposer's draft model's cache, if any
         draft = getattr(draft, "draft", None)
     if draft is not None:
-        measure_pass_costs(draft, context[:-1] or context, DRAFT_ROWS, repeats)
+        measure_pass_costs(draft, context[:-1] or context, DRAFT_PASS_SIZES, repeats)
         draft.rollback(0)

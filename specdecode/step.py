@@ -15,7 +15,7 @@ stream are its own, and the passes they share compute each row as a pass of its 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -78,40 +78,61 @@ class OwnCaches:
         row.target.keep_path(path)
 
 
-def propose_own(rows: Sequence[Row], ks: Sequence[int]) -> list[Proposal]:
-    """Each row's guesses from its own proposer; rows guessing with a draft model share its passes."""
-    guesses = [Proposal([], None) for _ in rows]
-    drafted = [
-        b for b, (row, k) in enumerate(zip(rows, ks, strict=True)) if k and isinstance(row.proposer, DraftModelProposer)
-    ]
-    if drafted:
-        batch = [rows[b] for b in drafted]
-        proposals = propose_together(
-            [row.proposer for row in batch], [row.tokens for row in batch], [ks[b] for b in drafted],
-            [row.draft_warp for row in batch], [row.generator for row in batch],
-        )  # fmt: skip
-        for b, proposal in zip(drafted, proposals, strict=True):
-            guesses[b] = proposal
-    for b, (row, k) in enumerate(zip(rows, ks, strict=True)):
-        if k and b not in drafted:
-            guesses[b] = row.proposer.propose(row.tokens, k, row.draft_warp, row.generator)
-    return guesses
+class Proposing(Protocol):
+    """The proposers' side of a step for a list of rows."""
+
+    def propose(self, rows: Sequence[Row], ks: Sequence[int]) -> list[Proposal]:
+        """Per row, ks[b] guesses after its tokens."""
+        ...
+
+    def unread(self, rows: Sequence[Row]) -> list[int]:
+        """Per row, the tokens its draft model has yet to read before it can guess (0 without one)."""
+        ...
 
 
-OWN_CACHES = OwnCaches()
+class OwnProposers:
+    """Each row's guesses from its own proposer (`Row.proposer`); rows guessing with a draft model
+    share its passes."""
+
+    def propose(self, rows: Sequence[Row], ks: Sequence[int]) -> list[Proposal]:
+        guesses = [Proposal([], None) for _ in rows]
+        drafted = [
+            b
+            for b, (row, k) in enumerate(zip(rows, ks, strict=True))
+            if k and isinstance(row.proposer, DraftModelProposer)
+        ]
+        if drafted:
+            batch = [rows[b] for b in drafted]
+            proposals = propose_together(
+                [row.proposer for row in batch], [row.tokens for row in batch], [ks[b] for b in drafted],
+                [row.draft_warp for row in batch], [row.generator for row in batch],
+            )  # fmt: skip
+            for b, proposal in zip(drafted, proposals, strict=True):
+                guesses[b] = proposal
+        for b, (row, k) in enumerate(zip(rows, ks, strict=True)):
+            if k and b not in drafted:
+                guesses[b] = row.proposer.propose(row.tokens, k, row.draft_warp, row.generator)
+        return guesses
+
+    def unread(self, rows: Sequence[Row]) -> list[int]:
+        return [0 if row.proposer is None else row.proposer.unread(row.tokens) for row in rows]
+
+
+OWN_CACHES, OWN_PROPOSERS = OwnCaches(), OwnProposers()
 
 
 def step(
     rows: Sequence[Row],
     verifier: Verifier = OWN_CACHES,
-    propose: Callable[[Sequence[Row], Sequence[int]], list[Proposal]] = propose_own,
+    proposing: Proposing = OWN_PROPOSERS,
 ) -> list[list[int]]:
     """One speculative step for every row; returns the tokens each row committed."""
-    # 1. propose: at most as many guesses as a row can still emit after this pass
-    ks = [min(row.policy.next_k(len(rows)), row.output.max_new_tokens - len(row.output) - 1) for row in rows]
+    # 1. propose: K from each row's policy, at most as many guesses as the row can still emit after this pass
+    chosen = choose_k(rows, proposing.unread(rows))
+    ks = [min(k, row.output.max_new_tokens - len(row.output) - 1) for row, k in zip(rows, chosen, strict=True)]
     for row, k in zip(rows, ks, strict=True):
         row.k = k
-    guesses = propose(rows, ks)
+    guesses = proposing.propose(rows, ks)
     # 2. verify: one target pass over every row's uncached tokens and guesses
     logits = verifier.next_logits(rows, guesses)
     committed = []
@@ -126,6 +147,23 @@ def step(
         # 4. commit, one token at a time, so nothing past a stop is emitted
         committed.append(commit([*accepted, next_token], row.tokens, row.output))
     return committed
+
+
+def choose_k(rows: Sequence[Row], unread: Sequence[int]) -> list[int]:
+    """Each row's K for the next pass over len(rows) rows (in the order they joined): every policy (rows
+    may share one) asked once per step, so that a shared policy counts steps, not rows, and told what
+    its rows' drafts have yet to read; a probe is tried by the newest of its rows only (its draft has
+    the least to catch up on)."""
+    ks = [0] * len(rows)
+    chosen: dict[int, int] = {}
+    for b in reversed(range(len(rows))):
+        policy = rows[b].policy
+        if id(policy) not in chosen:
+            behind = sum(n for row, n in zip(rows, unread, strict=True) if row.policy is policy)
+            chosen[id(policy)] = ks[b] = policy.next_k(len(rows), behind)
+        elif not policy.probe:
+            ks[b] = chosen[id(policy)]
+    return ks
 
 
 def accept(guess: Proposal, logits: torch.Tensor, row: Row) -> tuple[list[int], int, list[int] | None]:

@@ -1,6 +1,8 @@
 """Batches: every row is what it would be alone (float64), sampled rows have the target's
 distribution, and rows do not share random numbers."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -11,6 +13,8 @@ import specdecode.batch
 import specdecode.ragged_kv
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.batch import BatchDecoder
+from specdecode.policy import HeuristicK
+from specdecode.step import choose_k
 
 TOKENIZER = make_tokenizer()
 PROMPTS = ["def f(x):", "a", "print(1, 2) = 3\nfor i in range(10):", "the quick brown fox jumps"]  # 9, 1, 36, 25 tokens
@@ -100,6 +104,8 @@ def test_every_proposer_and_k_policy_in_batches(models, proposer, k):
     policy are token-identical to each prompt alone (float64)."""
     dec = SpeculativeDecoder(*models, TOKENIZER, proposer=proposer)
     expected = [alone(dec, p, max_new_tokens=16, num_speculative_tokens=0, ignore_eos=True) for p in PROMPTS]
+    if k == "auto":  # guesses that cost nothing, so that `auto` guesses with these tiny models
+        dec._policy(k, dec.encode(PROMPTS[0])).draft_cost = lambda rows: 0.0
     got = dec.generate(PROMPTS, max_new_tokens=16, num_speculative_tokens=k, ignore_eos=True)
     assert [r.token_ids for r in got] == [e.token_ids for e in expected]
     assert got.stats.drafted > 0
@@ -168,3 +174,25 @@ def test_rows_sharing_random_numbers_are_caught(small, monkeypatch):
     monkeypatch.setattr(specdecode.batch, "make_generator", lambda seed, device: real(seed // ROWS, device))
     samples = batch_samples(small, SamplingParams(temperature=1.0))
     assert independence_pvalue(samples) < ALPHA
+
+
+class CountingPolicy(HeuristicK):
+    """K = 2, a probe every other step; counts how often it is asked."""
+
+    def __init__(self):
+        super().__init__(start=2)
+        self.asked = 0
+
+    def next_k(self, rows=1, unread=0):
+        self.asked += 1
+        self.probe = self.asked % 2 == 0
+        return 1 if self.probe else 2
+
+
+def test_a_shared_policy_is_asked_once_per_step_and_probes_with_its_newest_row():
+    rows = [SimpleNamespace(policy=CountingPolicy()) for _ in range(1)]
+    shared = CountingPolicy()
+    rows += [SimpleNamespace(policy=shared) for _ in range(3)]
+    assert choose_k(rows, [0] * 4) == [2, 2, 2, 2]
+    assert choose_k(rows, [0] * 4) == [1, 0, 0, 1]  # the probe: the newest row of each policy
+    assert shared.asked == 2 and rows[0].policy.asked == 2

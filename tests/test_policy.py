@@ -70,7 +70,7 @@ def test_auto_guesses_many_when_verification_is_free_and_guesses_are_good():
 
 def test_auto_falls_back_to_plain_decoding_and_probes_with_backoff():
     cpu_curve = {1: 1.0, 2: 2.0, 3: 2.9, 4: 2.9, 5: 2.9}
-    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda rows: rows * 0.4, k_max=4)
+    policy = AutoK(cost=cpu_curve.get, draft_cost=lambda rows: rows * 0.1, k_max=4)
     for _ in range(5):
         policy.observe(4, 0)  # a useless draft
     ks = [policy.next_k() for _ in range(4 + 8 + 16)]
@@ -145,7 +145,7 @@ def test_pass_costs_move_every_size_with_the_machine_and_keep_their_ratios():
 
 def test_auto_asks_a_margin_before_guessing():
     """A draft that the model says is 1.5% faster than plain decoding is not used (`min_gain` 3%)."""
-    policies = [AutoK(cost=None, draft_cost=lambda rows: rows * 0.1, k_max=1, min_gain=m) for m in (0.03, 0.0)]
+    policies = [AutoK(cost=None, draft_cost=lambda rows: 0.1, k_max=1, min_gain=m) for m in (0.03, 0.0)]
     for policy in policies:
         for step in range(300):
             policy.observe(1, int(step % 10 < 3))  # about 30% accepted
@@ -237,3 +237,24 @@ def test_pass_costs_interpolate_sizes_not_measured():
         costs.observe(n, seconds)
     assert costs.cost(2) == pytest.approx(1.2) and costs.cost(6) == pytest.approx(1.8)
     assert costs.cost(16) == pytest.approx(2.8)  # along the last segment
+
+
+def test_auto_does_not_probe_where_no_acceptance_could_pay():
+    """32 rows, for which a guess costs more than a plain pass whatever is accepted: K stays 0 and no
+    probe is made (it would make every row's draft catch up for nothing); one row probes."""
+    policy = AutoK(cost=lambda n: 1.0 + 0.05 * (n - 1), draft_cost=lambda rows: 0.5 + 0.05 * rows, k_max=8)
+    for _ in range(20):
+        policy.observe(8, 0)  # a useless draft, so that one row plain-decodes too
+    assert [policy.next_k(32) for _ in range(200)] == [0] * 200
+    assert [policy.next_k(1) for _ in range(4)] == [0, 0, 0, 1] and policy.probe
+
+
+def test_auto_waits_for_a_gain_that_pays_for_the_drafts_catching_up():
+    """A gain of about 5% is taken when the draft is in step, not when it has 2000 tokens to read
+    first; a large gain is taken either way."""
+    policy = AutoK(cost=lambda n: 1.0 + 0.9 * (n - 1), draft_cost=lambda n: 0.005 * n, k_max=1)
+    for _ in range(300):
+        policy.observe(1, 1)
+    assert policy.next_k(1, unread=0) == 1 and policy.next_k(1, unread=2000) == 0
+    policy.cost = lambda n: 1.0
+    assert policy.next_k(1, unread=2000) == 1

@@ -56,6 +56,10 @@ class Proposer(Protocol):
         """Recent seconds of one guess for each of `rows` rows (None before any guess was made)."""
         ...
 
+    def unread(self, tokens: Sequence[int]) -> int:
+        """How many of `tokens` its model has yet to read before guessing after them (0 without a model)."""
+        ...
+
     @property
     def forward_s(self) -> float:
         """Seconds spent in model passes so far (0 for proposers without a model)."""

@@ -36,6 +36,9 @@ class DraftModelProposer(CountsDraftPasses):
     def guess_cost(self, rows: int = 1) -> float | None:
         return self.draft.pass_cost(rows)
 
+    def unread(self, tokens: Sequence[int]) -> int:
+        return self.draft.unread(tokens)
+
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         return propose_together([self], [tokens], [k], [warp], [generator])[0]
 

@@ -43,6 +43,9 @@ class NgramProposer:
     def guess_cost(self, rows: int = 1) -> float:
         return 0.0  # a lookup costs well under a millisecond, nothing next to a model pass
 
+    def unread(self, tokens: Sequence[int]) -> int:
+        return 0
+
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         return Proposal(ngram_lookup(torch.tensor(tokens), k, self.n_max, self.n_min), None)
 
@@ -63,6 +66,10 @@ class NgramThenDraftProposer(CountsDraftPasses):
     def guess_cost(self, rows: int = 1) -> float:
         """The draft's cost per guess times the share of recent steps it served (lookups are free)."""
         return self.draft_share * (self.draft.guess_cost(rows) or 0.0)
+
+    def unread(self, tokens: Sequence[int]) -> int:
+        """What the draft has not read, weighted by the share of steps it serves."""
+        return round(self.draft_share * self.draft.unread(tokens))
 
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         guess = self.ngram.propose(tokens, k, warp, generator)

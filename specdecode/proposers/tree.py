@@ -41,6 +41,9 @@ class TreeProposer(CountsDraftPasses):
         """Seconds of one depth: a draft pass over `width` nodes of each row."""
         return self.draft.draft.pass_cost(rows * self.width)
 
+    def unread(self, tokens: Sequence[int]) -> int:
+        return self.draft.unread(tokens)
+
     def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
         cache = self.draft.draft
         logits = cache.next_logits(tokens)[-1:]  # [1, V]: the root's
