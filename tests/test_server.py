@@ -149,6 +149,17 @@ def test_stop_strings(client, reference):
     assert out.choices[0].finish_reason == "stop"
 
 
+def test_ignore_eos_decodes_max_tokens(client, reference):
+    """vLLM's `ignore_eos`: the EOS token is kept as text and decoding goes on to max_tokens."""
+    reference.reset()
+    want = reference.generate(PROMPT, 200, num_speculative_tokens=K, ignore_eos=True)
+    assert reference.eos_ids & set(want.token_ids)  # these tiny models do emit EOS within 200 tokens
+    out = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=200, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert out.choices[0].text == want.text and out.usage.completion_tokens == 200
+
+
 def test_models_health_and_metrics(client, server):
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert raw(server, "/health", key=None, method="GET") == (200, {"status": "ok"})

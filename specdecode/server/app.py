@@ -209,7 +209,7 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
             )
         except (ValueError, TypeError) as err:
             raise APIError(400, str(err)) from None
-        return Job(prompt_ids, max_tokens, k, sampling, req.n, asyncio.get_running_loop())
+        return Job(prompt_ids, max_tokens, k, sampling, req.n, asyncio.get_running_loop(), req.ignore_eos)
 
     async def _events(request: Request, job: Job) -> AsyncIterator[tuple]:
         """The job's events until "done" or "error"; they stop (and the job is cancelled) once the client

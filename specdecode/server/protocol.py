@@ -54,6 +54,7 @@ class Sampling(BaseModel):
     top_k: int = Field(0, ge=0)  # extensions
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     num_speculative_tokens: Annotated[int, Field(ge=0)] | Literal["auto", "heuristic"] | None = None
+    ignore_eos: bool = False  # as vLLM: decode max_tokens whatever the model ends with (load tests)
 
     @field_validator("stop")
     @classmethod

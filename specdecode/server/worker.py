@@ -53,6 +53,7 @@ class Job:
     sampling: SamplingParams
     rows: int  # the request's n
     loop: asyncio.AbstractEventLoop
+    ignore_eos: bool = False
     start_by: float = float("inf")
     finish_by: float = float("inf")
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -163,10 +164,7 @@ class Worker:
             self._finish(job, ("error", None, error), admitted=False)
             return False
         job.first_row, self._next_row = self._next_row, self._next_row + job.rows
-        k = job.k
-        batch.add(
-            job.prompt_ids, job.max_tokens, job.sampling, copies=job.rows, index=job.first_row, num_speculative_tokens=k
-        )
+        batch.add(job.prompt_ids, job.max_tokens, job.sampling, job.ignore_eos, job.rows, job.first_row, job.k)
         with self._lock:
             self.running += 1
         return True
