@@ -267,3 +267,10 @@ def test_a_client_that_disconnects_stops_its_generation(server, client, referenc
     assert metrics(server)['specdecode_requests_total{endpoint="/v1/completions",status="499"}'] >= 1
     out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0)  # the slot is free
     assert out.choices[0].finish_reason in ("length", "stop")
+
+
+def test_a_max_n_larger_than_a_batch_is_refused_at_startup():
+    from specdecode.server.config import ServerConfig
+
+    with pytest.raises(ValueError, match="--max-n .* at most --max-batch-rows"):
+        ServerConfig(model_name="m", max_n=32, max_batch_rows=16)

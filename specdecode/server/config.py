@@ -29,12 +29,19 @@ class ServerConfig:
     body_timeout: float = limit(30.0, "seconds for a request body to arrive; then 408")
     max_pending: int = limit(64, "requests queued + running; more get 429")
     max_rows: int = limit(64, "choices (n summed over requests) queued + running; more get 429")
-    max_n: int = limit(16, "largest n (choices per request)")
+    max_n: int = limit(8, "largest n (choices per request); at most --max-batch-rows")
     max_batch_rows: int = limit(16, "choices decoded together (one batch); more wait in the queue")
     max_queue_wait: float = limit(300.0, "seconds a request may wait for the decoder; then 429")
     request_timeout: float = limit(600.0, "seconds from arrival to the last token; then 408 or a stream error event")
     max_connections: int = limit(256, "open HTTP connections; more get 503")
     header_timeout: float = limit(10.0, "seconds for a request's headers to arrive; then the connection is closed")
+
+    def __post_init__(self) -> None:
+        if self.max_n > self.max_batch_rows:
+            raise ValueError(
+                f"--max-n ({self.max_n}) must be at most --max-batch-rows ({self.max_batch_rows}): "
+                "a request's choices are decoded together, so a larger n could never run"
+            )
 
 
 LIMITS = [f for f in fields(ServerConfig) if "help" in f.metadata]
