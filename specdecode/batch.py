@@ -99,9 +99,12 @@ class BatchDecoder:
         if self.own_caches:
             self.verifier, self.proposing, self.ragged = OWN_CACHES, OWN_PROPOSERS, []
         else:
-            target = RaggedCachedModel(dec.target.model, dec.vocab_size)
+            target = RaggedCachedModel(dec.target.model, dec.vocab_size, clock=dec.target.clock)
             draft = isinstance(proposer, DraftModelProposer) and num_speculative_tokens != 0 and not self.own_proposers
-            self.draft = _BatchedDraft(RaggedCachedModel(proposer.draft.model, dec.vocab_size)) if draft else None
+            self.draft = None
+            if draft:
+                draft_cache = RaggedCachedModel(proposer.draft.model, dec.vocab_size, clock=proposer.draft.clock)
+                self.draft = _BatchedDraft(draft_cache)
             self.verifier = RaggedVerifier(target)
             self.proposing = self.draft or OWN_PROPOSERS
             self.ragged = [target] + ([self.draft.draft] if self.draft else [])
@@ -192,13 +195,10 @@ class BatchDecoder:
                 cache.select(keep)
 
     def _counters(self) -> tuple[float, float, int, int]:
-        """(target seconds, draft seconds, draft passes, target passes) so far."""
-        target = self.ragged[0] if self.ragged else self.dec.target
-        if self.own_proposers or not self.ragged[1:]:
-            draft_s, draft_passes = self.dec._draft_counters()
-        else:
-            draft_s, draft_passes = self.ragged[1].forward_s, self.ragged[1].passes
-        return target.forward_s, draft_s, draft_passes, target.passes
+        """(target seconds, draft seconds, draft passes, target passes) so far (ragged caches count on the
+        clocks of the decoder's own)."""
+        draft_s, draft_passes = self.dec._draft_counters()
+        return self.dec.target.forward_s, draft_s, draft_passes, self.dec.target.passes
 
     def run(self) -> BatchResult:
         """Step until every row is finished; the results in the order the rows were added."""

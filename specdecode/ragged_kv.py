@@ -16,22 +16,33 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from specdecode.kv import PassClock, shared_prefix
+
 FILLER = 0  # token id fed in a hole (its outputs are never read)
 
 
 class RaggedCachedModel:
-    """`ids[b]` are the tokens row b has in the cache, in order; `forward_s` and `passes` count its passes."""
+    """`ids[b]` are the tokens row b has in the cache, in order. Its passes are counted and timed on a
+    `PassClock` (give it the model's `CachedModel.clock` so that the `auto` policy's costs see them)."""
 
-    def __init__(self, model: PreTrainedModel, vocab_size: int, rows: int = 0) -> None:
+    def __init__(self, model: PreTrainedModel, vocab_size: int, rows: int = 0, clock: PassClock | None = None) -> None:
         self.model, self.vocab_size = model, vocab_size
         self.cache = DynamicCache(config=model.config)
         self.valid = torch.zeros(rows, 0, dtype=torch.bool, device=model.device)  # [B, S]
         self.ids: list[list[int]] = [[] for _ in range(rows)]
-        self.passes, self.forward_s = 0, 0.0
+        self.clock = clock or PassClock(model.device.type)
 
     @property
     def rows(self) -> int:
         return len(self.ids)
+
+    @property
+    def passes(self) -> int:
+        return self.clock.passes
+
+    @property
+    def forward_s(self) -> float:
+        return self.clock.seconds
 
     def _layers(self):
         return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None and layer.keys.numel()]
@@ -93,10 +104,9 @@ class RaggedCachedModel:
     def sync(self, tokens: Sequence[Sequence[int]]) -> list[list[int]]:
         """Keep each row's longest cached prefix of tokens[b], leaving at least its last token uncached;
         return the uncached tails."""
-        lengths = []
-        for cached, want in zip(self.ids, tokens, strict=True):
-            n = min(len(cached), len(want) - 1)
-            lengths.append(next((i for i in range(n) if cached[i] != want[i]), n))
+        lengths = [
+            min(shared_prefix(cached, want), len(want) - 1) for cached, want in zip(self.ids, tokens, strict=True)
+        ]
         self.truncate(lengths)
         return [list(want[n:]) for want, n in zip(tokens, lengths, strict=True)]
 
@@ -131,8 +141,7 @@ class RaggedCachedModel:
         self.valid = valid
         for row, tokens in zip(self.ids, new, strict=True):
             row.extend(int(t) for t in tokens)
-        self.passes += 1
-        self.forward_s += time.perf_counter() - start
+        self.clock.record(sum(len(tokens) for tokens in new), time.perf_counter() - start)
         return out.logits[:, -num_logits:, : self.vocab_size]
 
     def next_logits(self, tokens: Sequence[Sequence[int]], extra: Sequence[Sequence[int]]) -> list[torch.Tensor]:
