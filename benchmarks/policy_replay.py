@@ -23,16 +23,16 @@ import argparse
 import statistics
 
 import torch
-from core_speed import MODELS, cpu_name, write_results
+from common import MODELS, cpu_name, write_results
 
 from specdecode import SpeculativeDecoder
 from specdecode.bench import workloads
 from specdecode.compiled_decoder import attach
 from specdecode.engine import AUTO_K_MAX
-from specdecode.fastlinear import use_small_rows_path
 from specdecode.kv import CachedModel
 from specdecode.loading import load_model, load_tokenizer
 from specdecode.policy import AutoK, FixedK, HeuristicK, KPolicy, measure_pass_costs
+from specdecode.small_rows import use_small_rows_path
 
 
 def right_guesses(draft: CachedModel, prompt: list[int], output: list[int]) -> list[bool]:

@@ -22,12 +22,12 @@ import argparse
 import statistics
 
 import torch
-from core_speed import MODELS, cpu_name, write_results
+from common import MODELS, cpu_name, write_results
 
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.bench import workloads
-from specdecode.fastlinear import use_small_rows_path
 from specdecode.loading import first_layers
+from specdecode.small_rows import use_small_rows_path
 
 TARGET_ONLY = "target-only"
 

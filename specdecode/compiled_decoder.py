@@ -23,9 +23,9 @@ import logging
 import torch
 from torch import nn
 
-from specdecode.fastlinear import FastLinear
 from specdecode.gguf_blocks import BlockEmbedding, BlockLinear
 from specdecode.kernels import extension
+from specdecode.small_rows import SmallRowsLinear
 
 log = logging.getLogger(__name__)
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -57,7 +57,7 @@ def unsupported(model: nn.Module) -> str | None:
         )
         for name in names.split()
     ]
-    if not all(isinstance(linear, (FastLinear, BlockLinear)) for linear in linears):
+    if not all(isinstance(linear, (SmallRowsLinear, BlockLinear)) for linear in linears):
         return "projections not on the small-rows or block kernels"
     return None
 

@@ -12,7 +12,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from specdecode import compiled_decoder
 from specdecode.batch import BatchResult, generate_batch
-from specdecode.fastlinear import QUANTIZATIONS, use_small_rows_path
 from specdecode.gguf_blocks import has_blocks
 from specdecode.kv import CachedModel
 from specdecode.loading import (
@@ -35,6 +34,7 @@ from specdecode.proposers import (
     TreeProposer,
 )
 from specdecode.sampling import SamplingParams, check_text, make_generator
+from specdecode.small_rows import QUANTIZATIONS, use_small_rows_path
 from specdecode.stats import DecodeStats
 from specdecode.step import Row, step
 
@@ -165,7 +165,7 @@ class SpeculativeDecoder:
 
         `draft_layers=N` (instead of `draft`) makes the draft from the target's first N layers.
         `kernels`: "auto" (the default: on a CPU, the small-rows verification path of
-        `specdecode.fastlinear` when it builds here, else PyTorch's), "small-rows" or "stock".
+        `specdecode.small_rows` when it builds here, else PyTorch's), "small-rows" or "stock".
         `quantization`: "none" (default), "int8" (per output row) or "int4" (groups of 32): the target's
         projection weights quantized at load, on the small-rows kernels. This changes the model: the output
         is the quantized model's (exactly, as always), not the original's.

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from specdecode.fastlinear import to_panels
 from specdecode.kernels import extension
+from specdecode.small_rows import to_panels
 
 log = logging.getLogger(__name__)
 PANEL = 16  # outputs a panel (BLOCK_PANEL in csrc/kernels.h)
@@ -143,7 +143,7 @@ BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
 
 def _panels(a: np.ndarray) -> torch.Tensor:
-    """[out, k] numpy -> [panels, k, PANEL] (`fastlinear.to_panels`: zero rows past `out`)."""
+    """[out, k] numpy -> [panels, k, PANEL] (`small_rows.to_panels`: zero rows past `out`)."""
     return to_panels(torch.from_numpy(np.ascontiguousarray(a)))
 
 

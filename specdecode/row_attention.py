@@ -10,7 +10,7 @@ else: a prompt pass, a verify pass over K+1 tokens, a tree pass, a batch row bet
 one-token step agree, and so does a prompt partly cached by an earlier request.
 
 Registered with transformers as ``"specdecode_rows"`` (attention and 4D float mask), selected by
-`fastlinear.use_small_rows_path`.
+`small_rows.use_small_rows_path`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from tiny_models import make_model, make_tokenizer
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.batch import BatchDecoder
 from specdecode.compiled_decoder import attach, unsupported
-from specdecode.fastlinear import FastLinear, extension, unpack, use_small_rows_path
 from specdecode.kv import CachedModel, forward_together
+from specdecode.small_rows import SmallRowsLinear, extension, unpack, use_small_rows_path
 
 
 def _twins(arch: str) -> tuple[CachedModel, CachedModel]:
@@ -74,7 +74,7 @@ def test_bfloat16_and_int8_weights_take_bfloat16_rows_where_the_cpu_has_the_dot_
     use_small_rows_path(model, quantization)
     rounds = extension().bfloat16_pairs()
     for name, module in model.named_modules():
-        if isinstance(module, FastLinear):
+        if isinstance(module, SmallRowsLinear):
             linear = reference.get_submodule(name)
             linear.weight.data.copy_(unpack(module.weight, module.scale, module.out_features))
             if rounds:
@@ -132,7 +132,7 @@ def test_a_quantized_target_runs_compiled_and_stays_exact(model_dirs, quantizati
     target_dir, draft_dir = model_dirs
     dec = SpeculativeDecoder.from_pretrained(str(target_dir), str(draft_dir), quantization=quantization)
     assert dec.target.decoder is not None
-    packed = {m.weight.dtype for m in dec.target.model.modules() if isinstance(m, FastLinear)}
+    packed = {m.weight.dtype for m in dec.target.model.modules() if isinstance(m, SmallRowsLinear)}
     assert (torch.int8 if quantization == "int8" else torch.uint8) in packed and packed <= {torch.int8, torch.uint8}
     plain = dec.generate("def f(x):", 40, num_speculative_tokens=0, ignore_eos=True)
     for k in (3, "auto"):

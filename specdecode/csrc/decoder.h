@@ -7,7 +7,7 @@
 
 namespace specdecode {
 
-// One projection as specdecode.fastlinear.FastLinear holds it (panel-packed weight, float32 bias and scale),
+// One projection as specdecode.small_rows.SmallRowsLinear holds it (panel-packed weight, float32 bias and scale),
 // or as specdecode.gguf_blocks.BlockLinear does (quantized blocks, float32 bias).
 struct Projection {
   at::Tensor weight;

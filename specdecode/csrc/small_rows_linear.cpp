@@ -248,7 +248,7 @@ at::Tensor small_rows_linear(at::Tensor x, at::Tensor weight, int64_t out, c10::
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
   const int64_t n = x.size(0), in = x.size(1);
   at::Tensor bf, sf;
-  if (bias.has_value()) bf = bias->to(at::kFloat).contiguous();  // FastLinear keeps it float32: no copy
+  if (bias.has_value()) bf = bias->to(at::kFloat).contiguous();  // SmallRowsLinear keeps it float32: no copy
   if (scale.has_value()) sf = scale->to(at::kFloat).contiguous();
   const float* b = bias.has_value() ? bf.data_ptr<float>() : nullptr;
   const float* s = scale.has_value() ? sf.data_ptr<float>() : nullptr;

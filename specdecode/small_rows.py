@@ -6,7 +6,7 @@ built on first use with the machine's compiler, AVX-512 or AVX2) reads the weigh
 of PW outputs (`pack`): one contiguous load gives PW outputs' weights for one input, widened to
 float32 in registers and multiplied by each row's input, so each weight is read once for all rows
 and the inputs stay in L1 (bfloat16 rows against bfloat16 weights, where the CPU has AVX512_BF16:
-two inputs a step through its bfloat16 dot product). `use_fast_linear(model)` routes every
+two inputs a step through its bfloat16 dot product). `use_small_rows_linears(model)` routes every
 projection through it, for any number of rows (measured against PyTorch on the 1.5B model's shapes,
 2 threads: bfloat16 3-4x faster from 8 rows on; float32 as fast up to 64 rows, 15-30% slower for a
 200-token prefill).
@@ -110,12 +110,12 @@ def describe_kernels(model: nn.Module) -> str:
         rows = extension().block_rows()
         how = "AVX-512 VNNI integer dot products" if rows == "int8" else extension().instruction_set()
         return f"GGUF blocks, {rows} rows ({how})"
-    if any(isinstance(m, FastLinear) for m in model.modules()):
+    if any(isinstance(m, SmallRowsLinear) for m in model.modules()):
         return f"small-rows ({extension().instruction_set()})"
     return "stock (PyTorch's)"
 
 
-class FastLinear(nn.Module):
+class SmallRowsLinear(nn.Module):
     """Drop-in for nn.Linear at inference through `small_rows_linear` (no autograd): each row's result
     has the same bits whatever the rows around it.
 
@@ -146,10 +146,10 @@ class FastLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def use_fast_linear(model: nn.Module, quantization: str = "none") -> int:
-    """Replace every float32/bfloat16 nn.Linear on the CPU in `model` by FastLinear; returns how many.
+def use_small_rows_linears(model: nn.Module, quantization: str = "none") -> int:
+    """Replace every float32/bfloat16 nn.Linear on the CPU in `model` by SmallRowsLinear; returns how many.
 
-    `quantization` "int8" or "int4" also quantizes their weights (for a draft model; see FastLinear).
+    `quantization` "int8" or "int4" also quantizes their weights (for a draft model; see SmallRowsLinear).
     Returns 0 (and changes nothing) when the kernel cannot be built on this machine.
     """
     if quantization not in QUANTIZATIONS:
@@ -168,14 +168,14 @@ def use_fast_linear(model: nn.Module, quantization: str = "none") -> int:
     replaced = len(targets)
     while targets:  # popped, so that each original weight is freed once its packed copy replaces it
         parent, name, child = targets.pop()
-        setattr(parent, name, FastLinear(child, quantization))
+        setattr(parent, name, SmallRowsLinear(child, quantization))
     if replaced:
         _release_checkpoint(model)
     return replaced
 
 
 def _release_checkpoint(model: nn.Module) -> None:
-    """Copy the parameters that FastLinear does not hold (embeddings, norms) into ordinary memory.
+    """Copy the parameters that SmallRowsLinear does not hold (embeddings, norms) into ordinary memory.
 
     A checkpoint loaded from safetensors lives in a memory map of its file; while any parameter points
     into it, the pages of the replaced weights that packing read stay mapped, and the process shows
@@ -185,7 +185,7 @@ def _release_checkpoint(model: nn.Module) -> None:
     copies: dict[int, torch.Tensor] = {}
     seen: set[int] = set()
     for module in model.modules():
-        if isinstance(module, FastLinear):
+        if isinstance(module, SmallRowsLinear):
             continue
         for param in module.parameters(recurse=False):
             if id(param) in seen or param.device.type != "cpu":
@@ -198,16 +198,16 @@ def _release_checkpoint(model: nn.Module) -> None:
 
 
 def use_small_rows_path(model: nn.Module, quantization: str = "none") -> int:
-    """The CPU verification path: `use_fast_linear`, and row-exact attention (`row_attention`).
+    """The CPU verification path: `use_small_rows_linears`, and row-exact attention (`row_attention`).
 
     Both compute each token's row the same way whatever the number of tokens in the pass, so a
     verify pass over K+1 tokens caches the bits that K+1 one-token steps would (tested bit for bit
-    in bfloat16, `tests/test_fastlinear.py`): greedy speculative output equals target-only output
+    in bfloat16, `tests/test_small_rows.py`): greedy speculative output equals target-only output
     through the same path. Stock attention (SDPA, eager) rounds a query differently among others,
     which in bfloat16 flips near-ties. A model whose attention the row-exact one does not cover
     (soft-capping, sinks) keeps its own, with a warning. Returns the number of projections replaced.
     """
-    replaced = use_fast_linear(model, quantization)
+    replaced = use_small_rows_linears(model, quantization)
     if replaced and hasattr(model, "set_attn_implementation"):
         if row_attention.supports(model):
             model.set_attn_implementation(row_attention.NAME)

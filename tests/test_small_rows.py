@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from tiny_models import ARCHS, make_model, make_tokenizer, perturbed_copy
 
 from specdecode import SpeculativeDecoder
-from specdecode.fastlinear import (
-    FastLinear,
+from specdecode.small_rows import (
+    SmallRowsLinear,
     extension,
     pack,
     small_rows_linear,
     unpack,
-    use_fast_linear,
+    use_small_rows_linears,
     use_small_rows_path,
 )
 
@@ -75,16 +75,16 @@ def test_module_swap():
     tokenizer = make_tokenizer()
     model = make_model("llama", len(tokenizer), 0, dtype=torch.float32)
     reference = {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    replaced = use_fast_linear(model)
+    replaced = use_small_rows_linears(model)
     assert replaced == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer; lm_head
-    assert use_fast_linear(model) == 0  # already replaced
+    assert use_small_rows_linears(model) == 0  # already replaced
     layer = model.model.layers[0].mlp.up_proj
-    assert isinstance(layer, FastLinear)
+    assert isinstance(layer, SmallRowsLinear)
     assert torch.equal(layer.dense_weight(), reference["model.layers.0.mlp.up_proj"])
     with torch.no_grad():
         x = torch.randn(2, 20, 32)
         torch.testing.assert_close(layer(x), F.linear(x, reference["model.layers.0.mlp.up_proj"]))
-        bf16 = FastLinear(torch.nn.Linear(32, 48, dtype=torch.bfloat16))
+        bf16 = SmallRowsLinear(torch.nn.Linear(32, 48, dtype=torch.bfloat16))
         rows = torch.randn(2, 20, 32, dtype=torch.bfloat16)
         out = bf16(rows)
         for b, i in ((0, 0), (0, 17), (1, 19)):
@@ -111,7 +111,7 @@ def test_greedy_identical_through_the_kernel(arch, dtype):
 
 
 def test_int8_weights_match_their_dequantised_matrix():
-    from specdecode.fastlinear import quantize_int8
+    from specdecode.small_rows import quantize_int8
 
     g = torch.Generator().manual_seed(2)
     w = torch.randn(64, 80, generator=g)
@@ -131,7 +131,7 @@ def test_int8_weights_match_their_dequantised_matrix():
 
 
 def test_int4_weights_match_their_dequantised_matrix():
-    from specdecode.fastlinear import quantize_int4
+    from specdecode.small_rows import quantize_int4
 
     g = torch.Generator().manual_seed(3)
     w = torch.randn(40, 96, generator=g)
@@ -148,8 +148,8 @@ def test_int4_weights_match_their_dequantised_matrix():
         torch.testing.assert_close(small_rows_linear(x, packed, 40, None, packed_scale), F.linear(x, dense))
     with pytest.raises(ValueError, match="divisible by 32"):
         quantize_int4(torch.randn(4, 40))
-    assert FastLinear(torch.nn.Linear(40, 8), "int4").weight.dtype == torch.int8  # such a layer falls back to int8
-    assert FastLinear(torch.nn.Linear(96, 8), "int4").weight.dtype == torch.uint8
+    assert SmallRowsLinear(torch.nn.Linear(40, 8), "int4").weight.dtype == torch.int8  # such a layer falls back to int8
+    assert SmallRowsLinear(torch.nn.Linear(96, 8), "int4").weight.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
@@ -329,7 +329,7 @@ def test_the_remaining_parameters_leave_the_checkpoint_memory_and_keep_their_tie
     model.model.layers[1].input_layernorm.weight = model.model.layers[0].input_layernorm.weight  # tied
     norm0, norm1 = model.model.layers[0].input_layernorm, model.model.layers[1].input_layernorm
     before = {name: (p.data_ptr(), p.detach().clone()) for name, p in model.named_parameters(remove_duplicate=False)}
-    assert use_fast_linear(model) > 0
+    assert use_small_rows_linears(model) > 0
     after = dict(model.named_parameters(remove_duplicate=False))
     assert after and all(name in before for name in after)
     for name, param in after.items():
