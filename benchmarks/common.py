@@ -1,11 +1,25 @@
-"""Helpers the benchmark scripts share: where results go, the HumanEval prompts, rotated method orders."""
+"""Helpers the benchmark scripts share: where models and results are, writing results, the HumanEval
+prompts, rotated method orders."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from specdecode.bench.machine import cpu_name  # noqa: F401 (for the scripts)
+
+MODELS = Path(os.environ.get("SPECDECODE_MODELS", Path.home() / ".cache" / "specdecode-models"))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def write_results(name: str, data: dict, lines: list[str]) -> None:
+    """docs/results/<name>.json (every raw number) and <name>.md (the tables), and print the tables."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def humaneval_prompts(count: int) -> list[str]:

