@@ -1,0 +1,53 @@
+"""The README and docs render: every table a Markdown parser sees is the table written, and the README stays short."""
+
+from pathlib import Path
+
+import pytest
+from markdown_it import MarkdownIt
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def written_tables(text: str) -> list[int]:
+    """The body rows of each table as written: runs of lines starting with '|' outside code blocks."""
+    tables, run, fenced = [], 0, False
+    for line in [*text.splitlines(), ""]:
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("|"):
+            run += 1
+        elif run:
+            tables.append(run - 2)  # a header and its separator line
+            run = 0
+    return tables
+
+
+def parsed_tables(text: str) -> list[int]:
+    """The body rows of each table CommonMark + GFM tables parses."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    tables, rows = [], None
+    for token in tokens:
+        if token.type == "tbody_open":
+            rows = 0
+        elif token.type == "tr_open" and rows is not None:
+            rows += 1
+        elif token.type == "tbody_close":
+            tables.append(rows)
+            rows = None
+    return tables
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_table_renders_whole(page):
+    text = page.read_text()
+    assert parsed_tables(text) == written_tables(text), f"{page.name}: a table is split or does not parse"
+
+
+def test_the_readme_is_short():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 220
+
+
+def test_a_split_table_is_caught():
+    """Negative control: a blank line inside a table leaves its second half as plain text."""
+    split = "| a | b |\n|---|---|\n| 1 | 2 |\n\n| 3 | 4 |\n| 5 | 6 |\n"
+    assert parsed_tables(split) != written_tables(split)
