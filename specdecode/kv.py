@@ -46,7 +46,27 @@ class PassClock:
             self.costs.observe(n, seconds)
 
 
-class CachedModel:
+class TimedModel:
+    """What a model's caches share, one row or many (`CachedModel`, `ragged_kv.RaggedCachedModel`): the
+    model and its `PassClock`, which counts and times every pass."""
+
+    model: PreTrainedModel
+    clock: PassClock
+
+    @property
+    def passes(self) -> int:
+        return self.clock.passes
+
+    @property
+    def forward_s(self) -> float:
+        return self.clock.seconds
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+
+class CachedModel(TimedModel):
     """Runs a causal LM over new tokens only; `forward_s` accumulates time in its passes,
     `pass_time(n)` is the median of the last few passes over n new tokens (a measurement) and
     `pass_cost(n)` their drift-aware estimate now (for the `auto` policy; `specdecode.pass_costs`).
@@ -71,18 +91,6 @@ class CachedModel:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    @property
-    def passes(self) -> int:
-        return self.clock.passes
-
-    @property
-    def forward_s(self) -> float:
-        return self.clock.seconds
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
 
     def rollback(self, length: int) -> None:
         """Forget every cached position from `length` on."""

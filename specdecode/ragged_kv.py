@@ -16,12 +16,12 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from specdecode.kv import PassClock, shared_prefix
+from specdecode.kv import PassClock, TimedModel, shared_prefix
 
 FILLER = 0  # token id fed in a hole (its outputs are never read)
 
 
-class RaggedCachedModel:
+class RaggedCachedModel(TimedModel):
     """`ids[b]` are the tokens row b has in the cache, in order. Its passes are counted and timed on a
     `PassClock` (give it the model's `CachedModel.clock` so that the `auto` policy's costs see them)."""
 
@@ -35,14 +35,6 @@ class RaggedCachedModel:
     @property
     def rows(self) -> int:
         return len(self.ids)
-
-    @property
-    def passes(self) -> int:
-        return self.clock.passes
-
-    @property
-    def forward_s(self) -> float:
-        return self.clock.seconds
 
     def _layers(self):
         return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None and layer.keys.numel()]
