@@ -154,13 +154,15 @@ def choose_k(rows: Sequence[Row], unread: Sequence[int]) -> list[int]:
     may share one) asked once per step, so that a shared policy counts steps, not rows, and told what
     its rows' drafts have yet to read; a probe is tried by the newest of its rows only (its draft has
     the least to catch up on)."""
+    behind: dict[int, int] = {}
+    for row, n in zip(rows, unread, strict=True):
+        behind[id(row.policy)] = behind.get(id(row.policy), 0) + n
     ks = [0] * len(rows)
     chosen: dict[int, int] = {}
     for b in reversed(range(len(rows))):
         policy = rows[b].policy
         if id(policy) not in chosen:
-            behind = sum(n for row, n in zip(rows, unread, strict=True) if row.policy is policy)
-            chosen[id(policy)] = ks[b] = policy.next_k(len(rows), behind)
+            chosen[id(policy)] = ks[b] = policy.next_k(len(rows), behind[id(policy)])
         elif not policy.probe:
             ks[b] = chosen[id(policy)]
     return ks

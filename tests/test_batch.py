@@ -185,7 +185,7 @@ class CountingPolicy(HeuristicK):
         self.asked = 0
 
     def next_k(self, rows=1, unread=0):
-        self.asked += 1
+        self.asked, self.unread = self.asked + 1, unread
         self.probe = self.asked % 2 == 0
         return 1 if self.probe else 2
 
@@ -195,5 +195,6 @@ def test_a_shared_policy_is_asked_once_per_step_and_probes_with_its_newest_row()
     shared = CountingPolicy()
     rows += [SimpleNamespace(policy=shared) for _ in range(3)]
     assert choose_k(rows, [0] * 4) == [2, 2, 2, 2]
-    assert choose_k(rows, [0] * 4) == [1, 0, 0, 1]  # the probe: the newest row of each policy
+    assert choose_k(rows, [1, 2, 3, 4]) == [1, 0, 0, 1]  # the probe: the newest row of each policy
     assert shared.asked == 2 and rows[0].policy.asked == 2
+    assert shared.unread == 2 + 3 + 4 and rows[0].policy.unread == 1  # what its own rows' drafts have not read
