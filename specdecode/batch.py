@@ -76,7 +76,7 @@ class _BatchedDraft:
         for i in range(max(ks, default=0)):
             for b, (row, k) in enumerate(zip(rows, ks, strict=True)):
                 if i < k:  # a row draws exactly as many guesses as alone: its random stream stays its own
-                    token, probs = draw(logits[b], row.draft_warp, row.generator)
+                    token, probs = draw(logits[b], row.draft_warp, row.generator, row.rules, guesses[b])
                     guesses[b].append(token)
                     dists[b] += [] if probs is None else [probs]
             if i + 1 < max(ks):
@@ -137,13 +137,14 @@ class BatchDecoder:
             self.rows.append(
                 Row(
                     list(ids),
-                    OutputTracker(dec.tokenizer, eos, sampling.stop, max_new_tokens),
+                    OutputTracker(dec.tokenizer, eos, sampling.stop, max_new_tokens, sampling.logprobs is not None),
                     replace(sampling, seed=seed),
                     make_generator(seed, dec.target.device),
                     dec._policy(k, ids),
                     DecodeStats(prompt_tokens=len(ids)),
                     target=target,
                     proposer=proposer,
+                    rules=dec.rules(sampling, ids),
                     index=index + c,
                 )
             )
@@ -213,7 +214,8 @@ class BatchDecoder:
         for row in sorted(done, key=lambda r: r.index):
             row.stats.target_s, row.stats.draft_s, row.stats.draft_passes = target_s, draft_s, draft_passes
             total.add(row.stats)
-            results.append(GenerationResult(row.output.text, row.output.token_ids, row.output.finish_reason, row.stats))
+            out = row.output
+            results.append(GenerationResult(out.text, out.token_ids, out.finish_reason, row.stats, out.logprobs))
         total.wall_s, total.target_s, total.draft_s = time.perf_counter() - self.start, target_s, draft_s
         total.draft_passes = draft_passes
         total.first_token_s = min((r.stats.first_token_s for r in done), default=0.0)

@@ -33,6 +33,7 @@ from specdecode.proposers import (
     Proposer,
     TreeProposer,
 )
+from specdecode.rules import TokenRules
 from specdecode.sampling import SamplingParams, check_text, make_generator
 from specdecode.small_rows import QUANTIZATIONS, use_small_rows_path
 from specdecode.stats import DecodeStats
@@ -313,7 +314,7 @@ class SpeculativeDecoder:
             k, sampling = num_speculative_tokens, checked_sampling(sampling, ignore_eos)
             return generate_batch(self, prompts, max_new_tokens, k, sampling, ignore_eos, n)
         *_, (_, output, stats) = self._run(prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos)
-        return GenerationResult(output.text, output.token_ids, output.finish_reason, stats)
+        return GenerationResult(output.text, output.token_ids, output.finish_reason, stats, output.logprobs)
 
     def stream(
         self,
@@ -325,7 +326,8 @@ class SpeculativeDecoder:
     ) -> Iterator[StreamChunk]:
         """Like `generate`, yielding the text as it is accepted, one chunk per target pass."""
         for accepted, output, stats in self._run(prompt, max_new_tokens, num_speculative_tokens, sampling, ignore_eos):
-            yield StreamChunk(output.delta(), accepted, output.finish_reason, stats)
+            logprobs = None if output.logprobs is None else output.logprobs[len(output) - len(accepted) :]
+            yield StreamChunk(output.delta(), accepted, output.finish_reason, stats, logprobs)
 
     def _run(
         self,
@@ -341,7 +343,8 @@ class SpeculativeDecoder:
             raise ValueError("stream takes one prompt; decode several with generate([...])")
         prompt_ids = self.encode(prompt)
         self.check_request(len(prompt_ids), max_new_tokens, k)
-        output = OutputTracker(self.tokenizer, () if ignore_eos else self.eos_ids, sampling.stop, max_new_tokens)
+        eos = () if ignore_eos else self.eos_ids
+        output = OutputTracker(self.tokenizer, eos, sampling.stop, max_new_tokens, sampling.logprobs is not None)
         stats = DecodeStats(prompt_tokens=len(prompt_ids))
         target_s0, draft_s0, draft_passes0 = self.target.forward_s, *self._draft_counters()
         start = time.perf_counter()
@@ -368,11 +371,19 @@ class SpeculativeDecoder:
     ) -> Iterator[list[int]]:
         """Speculative decoding (`specdecode.step`, a batch of one); yields the tokens committed by each pass."""
         generator = make_generator(sampling.seed, self.target.device)
-        row = Row(list(prompt_ids), output, sampling, generator, policy, stats, self.target, self.proposer)
+        rules = self.rules(sampling, prompt_ids)
+        row = Row(list(prompt_ids), output, sampling, generator, policy, stats, self.target, self.proposer, rules)
         while not output.finished:
             yield step([row])[0]
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def rules(self, sampling: SamplingParams, prompt_ids: list[int]) -> TokenRules | None:
+        """A row's rules (`specdecode.rules`), None where the request changes no logits; ValueError for
+        logit_bias ids outside the vocabulary."""
+        if not sampling.changes_logits:
+            return None
+        return TokenRules(sampling, prompt_ids, self.vocab_size, None)
 
     def check_request(self, prompt_len: int, max_new_tokens: int, k: NumSpeculativeTokens) -> None:
         """Raise ValueError for a request that cannot run: bad max_new_tokens or K, or context overflow."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from specdecode.logprobs import TokenLogprob
 from specdecode.stats import DecodeStats
 
 
@@ -23,12 +24,14 @@ class OutputTracker:
         eos_ids: Collection[int],
         stop: tuple[str, ...],
         max_new_tokens: int,
+        logprobs: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
         self.stop = stop
         self.max_new_tokens = max_new_tokens
         self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = [] if logprobs else None  # one per token, when asked for
         self.finish_reason: str | None = None
         self._text: str | None = ""
         self._stop_at: int | None = None  # character index where a stop string begins
@@ -89,6 +92,7 @@ class GenerationResult:
     token_ids: list[int]  # the new tokens only (an EOS that ended generation included)
     finish_reason: str  # "stop" | "length"
     stats: DecodeStats
+    logprobs: list[TokenLogprob] | None = None  # one per token of token_ids, when asked for
 
 
 @dataclass
@@ -97,3 +101,4 @@ class StreamChunk:
     token_ids: list[int]  # tokens accepted in this step
     finish_reason: str | None  # set on the last chunk
     stats: DecodeStats
+    logprobs: list[TokenLogprob] | None = None  # one per token of token_ids, when asked for

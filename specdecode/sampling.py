@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 SEED_RANGE = (0, 2**64)  # seeds a torch.Generator takes: [0, 2**64)
+MAX_LOGPROBS = 20  # the most alternatives per token `logprobs` may ask for (OpenAI's limit)
 
 
 class NonFiniteLogitsError(ValueError):
@@ -38,6 +39,13 @@ class SamplingParams:
 
     `draft_temperature` and `draft_top_k` warp only the proposer's guesses: they change how
     often guesses are accepted (speed), never the distribution of the output.
+
+    `logit_bias` (token id -> value in [-100, 100], added to the logit), `presence_penalty` and
+    `frequency_penalty` (OpenAI's, in [-2, 2], over the generated tokens) and `repetition_penalty`
+    (> 0, as in `transformers`, over the prompt and the generated tokens) change the model: the output
+    is that of the target with them applied at every position (`specdecode.rules`), exactly.
+    `logprobs=k` reports each generated token's log-probability and the k most likely alternatives
+    (0 <= k <= 20) under the target after those rules, before temperature and truncation.
     """
 
     temperature: float = 0.0
@@ -48,6 +56,11 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default=())
     draft_temperature: float | None = None
     draft_top_k: int | None = None
+    logit_bias: dict[int, float] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         """Raise ValueError (TypeError for a wrong type) naming the argument that is not acceptable."""
@@ -68,10 +81,29 @@ class SamplingParams:
             _check_integer("seed", self.seed)
             if not SEED_RANGE[0] <= self.seed < SEED_RANGE[1]:
                 raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_number(name, getattr(self, name))
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
+        _check_number("repetition_penalty", self.repetition_penalty)
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError(f"repetition_penalty must be finite and > 0 (1 = off), got {self.repetition_penalty!r}")
+        object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
+        if self.logprobs is not None:
+            _check_integer("logprobs", self.logprobs)
+            if not 0 <= self.logprobs <= MAX_LOGPROBS:
+                raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def changes_logits(self) -> bool:
+        """Whether logit_bias or a penalty is set (`specdecode.rules`)."""
+        return bool(self.logit_bias) or any(
+            (self.presence_penalty, self.frequency_penalty, self.repetition_penalty != 1.0)
+        )
 
     def target_warp(self) -> Warp:
         return Warp(float(self.temperature), self.top_k, float(self.top_p), float(self.min_p))
@@ -106,6 +138,26 @@ def _check_top_k(name: str, value: int) -> None:
     _check_integer(name, value)
     if value < 0:
         raise ValueError(f"{name} must be an integer >= 0 (0 = off), got {value!r}")
+
+
+def _logit_bias(bias) -> dict[int, float] | None:
+    """`logit_bias` checked: token ids >= 0 (as ints, or strings of them as in JSON) to values in [-100, 100]."""
+    if bias is None or bias == {}:
+        return None
+    if not isinstance(bias, dict):
+        raise TypeError(f"logit_bias must be a dict of token id -> value, got {type(bias).__name__}")
+    checked = {}
+    for token, value in bias.items():
+        if isinstance(token, str) and token.isdecimal():
+            token = int(token)
+        _check_integer("a logit_bias token id", token)
+        if token < 0:
+            raise ValueError(f"logit_bias token ids must be >= 0, got {token}")
+        _check_number(f"logit_bias[{token}]", value)
+        if not -100.0 <= value <= 100.0:
+            raise ValueError(f"logit_bias values must be in [-100, 100], got {value!r} for token {token}")
+        checked[int(token)] = float(value)
+    return checked
 
 
 def _stop_strings(stop) -> tuple[str, ...]:

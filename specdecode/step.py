@@ -5,8 +5,11 @@ For every row still running, each step:
      model sharing its passes;
   2. verify: one target pass over every row's uncached tokens and guesses -> per row [guesses + 1, V];
   3. accept: per row, a prefix of its chain or a path of its tree, and the token after it, with the
-     row's own sampling and random generator, exactly as the row alone would;
-  4. commit: per row, one token at a time, so nothing past a stop is emitted.
+     row's own sampling and random generator, exactly as the row alone would, from the target's
+     logits under the row's rules (logit_bias, penalties, grammar: `specdecode.rules`) at each
+     position, the guesses before it included;
+  4. commit: per row, one token at a time, so nothing past a stop is emitted (with their
+     log-probabilities where the row asks for them).
 A row's output is the target's whatever the other rows do: its guesses, its cache and its random
 stream are its own, and the passes they share compute each row as a pass of its own would
 (compiled decoder), or up to the rounding of batched matrix products (a model's modules).
@@ -23,10 +26,12 @@ import torch
 
 from specdecode.acceptance import accept_greedy, accept_sampled, accept_tree_greedy, accept_tree_sampled
 from specdecode.kv import CachedModel, next_logits_together
+from specdecode.logprobs import token_logprobs
 from specdecode.output import OutputTracker
 from specdecode.policy import KPolicy
 from specdecode.proposers import DraftModelProposer, Proposal, Proposer
 from specdecode.proposers.draft_model import propose_together
+from specdecode.rules import TokenRules
 from specdecode.sampling import SamplingParams, Warp, check_finite, logits_to_probs
 from specdecode.stats import DecodeStats
 
@@ -43,6 +48,7 @@ class Row:
     stats: DecodeStats
     target: CachedModel | None = None  # a fork of the target's cache (see `OwnCaches`)
     proposer: Proposer | None = None  # None: no guesses (K = 0 only)
+    rules: TokenRules | None = None  # None: the model's logits as they are
     index: int = 0  # the caller's number for it
     k: int = 0  # the K of its last step
     started: float = field(default_factory=time.perf_counter)
@@ -105,13 +111,13 @@ class OwnProposers:
             batch = [rows[b] for b in drafted]
             proposals = propose_together(
                 [row.proposer for row in batch], [row.tokens for row in batch], [ks[b] for b in drafted],
-                [row.draft_warp for row in batch], [row.generator for row in batch],
+                [row.draft_warp for row in batch], [row.generator for row in batch], [row.rules for row in batch],
             )  # fmt: skip
             for b, proposal in zip(drafted, proposals, strict=True):
                 guesses[b] = proposal
         for b, (row, k) in enumerate(zip(rows, ks, strict=True)):
             if k and b not in drafted:
-                guesses[b] = row.proposer.propose(row.tokens, k, row.draft_warp, row.generator)
+                guesses[b] = row.proposer.propose(row.tokens, k, row.draft_warp, row.generator, row.rules)
         return guesses
 
     def unread(self, rows: Sequence[Row]) -> list[int]:
@@ -138,6 +144,8 @@ def step(
     committed = []
     for b, (row, guess, row_logits) in enumerate(zip(rows, guesses, logits, strict=True)):
         check_finite(row_logits, "target model")
+        if row.rules is not None:
+            row_logits = row.rules.apply(row_logits, guess.prefixes())
         # 3. accept guesses (a prefix of the chain, a path of the tree) and draw the token after
         accepted, next_token, path = accept(guess, row_logits, row)
         if path is not None:
@@ -145,7 +153,13 @@ def step(
         row.stats.record_step(guess.depth, len(accepted), drafted=len(guess))
         row.policy.observe(guess.depth, len(accepted))
         # 4. commit, one token at a time, so nothing past a stop is emitted
-        committed.append(commit([*accepted, next_token], row.tokens, row.output))
+        new = commit([*accepted, next_token], row.tokens, row.output)
+        if row.rules is not None:
+            row.rules.commit(new)
+        if row.output.logprobs is not None:
+            positions = list(range(len(accepted) + 1)) if path is None else [0, *(i + 1 for i in path)]
+            row.output.logprobs += token_logprobs(row_logits[positions[: len(new)]], new, row.sampling.logprobs)
+        committed.append(new)
     return committed
 
 

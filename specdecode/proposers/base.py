@@ -13,6 +13,7 @@ from specdecode.sampling import Warp
 if TYPE_CHECKING:
     from specdecode.kv import CachedModel
     from specdecode.proposers.draft_model import DraftModelProposer
+    from specdecode.rules import TokenRules
 
 
 @dataclass
@@ -28,6 +29,16 @@ class Proposal:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def prefixes(self) -> list[list[int]]:
+        """The guesses before each position of the verify pass: [] for the position after the committed
+        tokens, then for guess i the guesses on its path up to it (a chain: the first i + 1)."""
+        if self.parents is None:
+            return [self.tokens[:i] for i in range(len(self.tokens) + 1)]
+        paths: list[list[int]] = []
+        for token, parent in zip(self.tokens, self.parents, strict=True):
+            paths.append([*(paths[parent] if parent >= 0 else []), token])
+        return [[], *paths]
+
     @property
     def depth(self) -> int:
         """The number of guesses on the longest path: K for a chain."""
@@ -42,7 +53,16 @@ class Proposal:
 class Proposer(Protocol):
     """Given the committed tokens, guess the next `k`. State (caches) syncs itself to `tokens`."""
 
-    def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal: ...
+    def propose(
+        self,
+        tokens: Sequence[int],
+        k: int,
+        warp: Warp,
+        generator: torch.Generator | None,
+        rules: TokenRules | None = None,
+    ) -> Proposal:
+        """Up to k guesses after `tokens`, drawn (if drawn) under `rules` then `warp`."""
+        ...
 
     def reset(self) -> None:
         """Forget all cached state."""

@@ -9,12 +9,22 @@ from transformers import PreTrainedModel
 
 from specdecode.kv import CachedModel, forward_together, next_logits_together
 from specdecode.proposers.base import CountsDraftPasses, Proposal
+from specdecode.rules import TokenRules
 from specdecode.sampling import Warp, check_finite, logits_to_probs, sample
 
 
-def draw(logits: torch.Tensor, warp: Warp, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
-    """One draft guess from logits [V]: (token, the distribution it was drawn from; None when greedy)."""
+def draw(
+    logits: torch.Tensor,
+    warp: Warp,
+    generator: torch.Generator | None,
+    rules: TokenRules | None = None,
+    guessed: Sequence[int] = (),
+) -> tuple[int, torch.Tensor | None]:
+    """One draft guess from logits [V] after the row's tokens and `guessed`: (token, the distribution it was
+    drawn from; None when greedy), under the row's `rules` then `warp`."""
     check_finite(logits, "draft model")
+    if rules is not None:
+        logits = rules.apply(logits[None], [guessed])[0]
     if warp.greedy:
         return int(logits.argmax()), None
     probs = logits_to_probs(logits, warp)
@@ -39,8 +49,15 @@ class DraftModelProposer(CountsDraftPasses):
     def unread(self, tokens: Sequence[int]) -> int:
         return self.draft.unread(tokens)
 
-    def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
-        return propose_together([self], [tokens], [k], [warp], [generator])[0]
+    def propose(
+        self,
+        tokens: Sequence[int],
+        k: int,
+        warp: Warp,
+        generator: torch.Generator | None,
+        rules: TokenRules | None = None,
+    ) -> Proposal:
+        return propose_together([self], [tokens], [k], [warp], [generator], [rules])[0]
 
 
 def propose_together(
@@ -49,6 +66,7 @@ def propose_together(
     ks: Sequence[int],
     warps: Sequence[Warp],
     generators: Sequence[torch.Generator | None],
+    rules: Sequence[TokenRules | None],
 ) -> list[Proposal]:
     """Each fork b guesses ks[b] tokens after tokens[b], every draft pass shared by the rows still
     guessing; row b draws exactly what it would alone (its own generator, its own row's bits)."""
@@ -59,7 +77,7 @@ def propose_together(
     for i in range(max(ks, default=0)):
         for b, k in enumerate(ks):
             if i < k:
-                token, probs = draw(logits[b], warps[b], generators[b])
+                token, probs = draw(logits[b], warps[b], generators[b], rules[b], guesses[b])
                 guesses[b].append(token)
                 dists[b] += [] if probs is None else [probs]
         more = [b for b, k in enumerate(ks) if i + 1 < k]  # the K-th guess is never fed back

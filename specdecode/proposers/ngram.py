@@ -46,7 +46,10 @@ class NgramProposer:
     def unread(self, tokens: Sequence[int]) -> int:
         return 0
 
-    def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
+    def propose(
+        self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None, rules=None
+    ) -> Proposal:
+        """Lookup guesses (`rules` do not change them; the step cuts a chain where a grammar refuses it)."""
         return Proposal(ngram_lookup(torch.tensor(tokens), k, self.n_max, self.n_min), None)
 
 
@@ -71,7 +74,9 @@ class NgramThenDraftProposer(CountsDraftPasses):
         """What the draft has not read, weighted by the share of steps it serves."""
         return round(self.draft_share * self.draft.unread(tokens))
 
-    def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
+    def propose(
+        self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None, rules=None
+    ) -> Proposal:
         guess = self.ngram.propose(tokens, k, warp, generator)
         self.draft_share = 0.9 * self.draft_share + 0.1 * (not len(guess))
-        return guess if len(guess) else self.draft.propose(tokens, k, warp, generator)
+        return guess if len(guess) else self.draft.propose(tokens, k, warp, generator, rules)

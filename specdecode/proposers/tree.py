@@ -8,7 +8,17 @@ import torch
 
 from specdecode.proposers.base import CountsDraftPasses, Proposal
 from specdecode.proposers.draft_model import DraftModelProposer
+from specdecode.rules import TokenRules
 from specdecode.sampling import Warp, check_finite, logits_to_probs
+
+
+def path_tokens(nodes: list[int], parents: list[int], i: int) -> list[int]:
+    """The tokens from the root down to node i (none for i = -1, the root)."""
+    path = []
+    while i >= 0:
+        path.append(nodes[i])
+        i = parents[i]
+    return path[::-1]
 
 
 def log_probs(logits: torch.Tensor, warp: Warp) -> torch.Tensor:
@@ -44,7 +54,14 @@ class TreeProposer(CountsDraftPasses):
     def unread(self, tokens: Sequence[int]) -> int:
         return self.draft.unread(tokens)
 
-    def propose(self, tokens: Sequence[int], k: int, warp: Warp, generator: torch.Generator | None) -> Proposal:
+    def propose(
+        self,
+        tokens: Sequence[int],
+        k: int,
+        warp: Warp,
+        generator: torch.Generator | None,
+        rules: TokenRules | None = None,
+    ) -> Proposal:
         cache = self.draft.draft
         logits = cache.next_logits(tokens)[-1:]  # [1, V]: the root's
         base = len(cache)  # nodes are fed in order, node i at cache position base + i
@@ -53,6 +70,8 @@ class TreeProposer(CountsDraftPasses):
         frontier, scores = [-1], torch.zeros(1, dtype=torch.float64)  # node indices and path log-probs
         for depth in range(k):
             check_finite(logits, "draft model")
+            if rules is not None:
+                logits = rules.apply(logits, [path_tokens(nodes, parents, i) for i in frontier])
             paths = scores[:, None] + log_probs(logits, warp)  # [frontier, V]
             best = paths.flatten().topk(min(self.width, paths.numel()))
             keep = best.values > -torch.inf  # a truncating warp may leave fewer than `width`
