@@ -144,7 +144,7 @@ class BatchDecoder:
                     DecodeStats(prompt_tokens=len(ids)),
                     target=target,
                     proposer=proposer,
-                    rules=dec.rules(sampling, ids),
+                    rules=dec.rules(sampling, ids, ignore_eos),
                     index=index + c,
                 )
             )

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from specdecode import compiled_decoder
 from specdecode.batch import BatchResult, generate_batch
 from specdecode.gguf_blocks import has_blocks
+from specdecode.grammar import Grammars
 from specdecode.kv import CachedModel
 from specdecode.loading import (
     IncompatibleModelsError,
@@ -140,6 +141,7 @@ class SpeculativeDecoder:
         self.target = CachedModel(target, self.vocab_size)
         self.proposer = make_proposer(proposer, draft, self.vocab_size, ngram_max, ngram_min, tree_width)
         self._auto: AutoK | None = None  # the "auto" policy, kept from call to call
+        self._grammars: Grammars | None = None  # built at the first request with a grammar
         self.eos_ids = eos_token_ids(target, tokenizer)
         lengths = [n for n in (context_length(target), draft and context_length(draft)) if n]
         self.max_context = min(lengths) if lengths else None
@@ -343,13 +345,14 @@ class SpeculativeDecoder:
             raise ValueError("stream takes one prompt; decode several with generate([...])")
         prompt_ids = self.encode(prompt)
         self.check_request(len(prompt_ids), max_new_tokens, k)
+        rules = self.rules(sampling, prompt_ids, ignore_eos)
         eos = () if ignore_eos else self.eos_ids
         output = OutputTracker(self.tokenizer, eos, sampling.stop, max_new_tokens, sampling.logprobs is not None)
         stats = DecodeStats(prompt_tokens=len(prompt_ids))
         target_s0, draft_s0, draft_passes0 = self.target.forward_s, *self._draft_counters()
         start = time.perf_counter()
         policy = self._policy(k, prompt_ids)
-        for accepted in self._decode(prompt_ids, policy, sampling, output, stats):
+        for accepted in self._decode(prompt_ids, policy, sampling, output, stats, rules):
             draft_s, draft_passes = self._draft_counters()
             stats.new_tokens = len(output)
             stats.wall_s = time.perf_counter() - start
@@ -368,22 +371,29 @@ class SpeculativeDecoder:
         sampling: SamplingParams,
         output: OutputTracker,
         stats: DecodeStats,
+        rules: TokenRules | None,
     ) -> Iterator[list[int]]:
         """Speculative decoding (`specdecode.step`, a batch of one); yields the tokens committed by each pass."""
         generator = make_generator(sampling.seed, self.target.device)
-        rules = self.rules(sampling, prompt_ids)
         row = Row(list(prompt_ids), output, sampling, generator, policy, stats, self.target, self.proposer, rules)
         while not output.finished:
             yield step([row])[0]
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def rules(self, sampling: SamplingParams, prompt_ids: list[int]) -> TokenRules | None:
+    def rules(self, sampling: SamplingParams, prompt_ids: list[int], ignore_eos: bool) -> TokenRules | None:
         """A row's rules (`specdecode.rules`), None where the request changes no logits; ValueError for
-        logit_bias ids outside the vocabulary."""
-        if not sampling.changes_logits:
+        logit_bias ids outside the vocabulary or an invalid grammar."""
+        if not sampling.changes_logits and sampling.grammar is None:
             return None
-        return TokenRules(sampling, prompt_ids, self.vocab_size, None)
+        grammar = None
+        if sampling.grammar is not None:
+            if ignore_eos:
+                raise ValueError("a grammar ends the output with EOS where it is complete: drop ignore_eos")
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, self.vocab_size, self.eos_ids)
+            grammar = self._grammars.matcher(sampling.grammar)
+        return TokenRules(sampling, prompt_ids, self.vocab_size, grammar)
 
     def check_request(self, prompt_len: int, max_new_tokens: int, k: NumSpeculativeTokens) -> None:
         """Raise ValueError for a request that cannot run: bad max_new_tokens or K, or context overflow."""

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from specdecode.proposers.base import Proposal
 from specdecode.sampling import SamplingParams
 
 
@@ -80,6 +81,21 @@ class TokenRules:
         self.seen[list(tokens)] = True
         if self.grammar is not None:
             self.grammar.commit(tokens)
+
+    def constrain(self, guess: Proposal, limit: int) -> Proposal:
+        """A chain of guesses cut where the grammar refuses it, then the tokens the grammar forces after it
+        appended as deterministic guesses (no draft pass), at most `limit` guesses in all. Trees as they are
+        (their nodes were drawn under the mask)."""
+        if self.grammar is None or guess.parents is not None:
+            return guess
+        n = min(self.grammar.accepts(guess.tokens), limit)
+        tokens = guess.tokens[:n]
+        forced = self.grammar.forced(tokens)[: limit - n]
+        probs = None if guess.probs is None else guess.probs[:n]
+        if forced and probs is not None:
+            one_hot = torch.zeros(len(forced), probs.shape[-1], dtype=probs.dtype, device=probs.device)
+            probs = torch.cat([probs, one_hot.scatter_(-1, torch.tensor(forced, device=probs.device)[:, None], 1.0)])
+        return Proposal(tokens + forced, probs)
 
     def apply(self, logits: torch.Tensor, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """logits [N, V] (row i after the committed tokens plus prefixes[i]) -> the request's logits [N, V]

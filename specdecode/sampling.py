@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from specdecode.grammar import GrammarSpec
+
 SEED_RANGE = (0, 2**64)  # seeds a torch.Generator takes: [0, 2**64)
 MAX_LOGPROBS = 20  # the most alternatives per token `logprobs` may ask for (OpenAI's limit)
 
@@ -46,6 +48,8 @@ class SamplingParams:
     is that of the target with them applied at every position (`specdecode.rules`), exactly.
     `logprobs=k` reports each generated token's log-probability and the k most likely alternatives
     (0 <= k <= 20) under the target after those rules, before temperature and truncation.
+    `grammar` (`specdecode.grammar.GrammarSpec`: a JSON schema, any JSON object, a regex, a Lark grammar)
+    masks every token the output may not continue with; the output ends with EOS where the grammar is complete.
     """
 
     temperature: float = 0.0
@@ -61,6 +65,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    grammar: GrammarSpec | None = None
 
     def __post_init__(self) -> None:
         """Raise ValueError (TypeError for a wrong type) naming the argument that is not acceptable."""
@@ -89,6 +94,8 @@ class SamplingParams:
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ValueError(f"repetition_penalty must be finite and > 0 (1 = off), got {self.repetition_penalty!r}")
         object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
+        if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
+            raise TypeError(f"grammar must be a GrammarSpec, got {type(self.grammar).__name__}")
         if self.logprobs is not None:
             _check_integer("logprobs", self.logprobs)
             if not 0 <= self.logprobs <= MAX_LOGPROBS:

@@ -139,6 +139,10 @@ def step(
     for row, k in zip(rows, ks, strict=True):
         row.k = k
     guesses = proposing.propose(rows, ks)
+    guesses = [  # a grammar cuts a chain where it refuses it and adds the tokens it forces
+        guess if row.rules is None else row.rules.constrain(guess, row.output.max_new_tokens - len(row.output) - 1)
+        for row, guess in zip(rows, guesses, strict=True)
+    ]
     # 2. verify: one target pass over every row's uncached tokens and guesses
     logits = verifier.next_logits(rows, guesses)
     committed = []

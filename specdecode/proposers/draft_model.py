@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
 
 from specdecode.kv import CachedModel, forward_together, next_logits_together
 from specdecode.proposers.base import CountsDraftPasses, Proposal
-from specdecode.rules import TokenRules
 from specdecode.sampling import Warp, check_finite, logits_to_probs, sample
+
+if TYPE_CHECKING:
+    from specdecode.rules import TokenRules
 
 
 def draw(

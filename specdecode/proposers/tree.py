@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from specdecode.proposers.base import CountsDraftPasses, Proposal
 from specdecode.proposers.draft_model import DraftModelProposer
-from specdecode.rules import TokenRules
 from specdecode.sampling import Warp, check_finite, logits_to_probs
+
+if TYPE_CHECKING:
+    from specdecode.rules import TokenRules
 
 
 def path_tokens(nodes: list[int], parents: list[int], i: int) -> list[int]:
