@@ -25,6 +25,7 @@ from specdecode.loading import (
     load_tokenizer,
     logit_width,
 )
+from specdecode.logprobs import TokenLogprob, token_logprobs
 from specdecode.output import GenerationResult, OutputTracker, StreamChunk
 from specdecode.policy import AutoK, FixedK, HeuristicK, KPolicy, calibrate
 from specdecode.proposers import (
@@ -35,7 +36,7 @@ from specdecode.proposers import (
     TreeProposer,
 )
 from specdecode.rules import TokenRules
-from specdecode.sampling import SamplingParams, check_text, make_generator
+from specdecode.sampling import MAX_LOGPROBS, SamplingParams, check_text, make_generator
 from specdecode.small_rows import QUANTIZATIONS, use_small_rows_path
 from specdecode.stats import DecodeStats
 from specdecode.step import Row, step
@@ -249,6 +250,18 @@ class SpeculativeDecoder:
         if self.proposer is not None:
             self.proposer.reset()
 
+    def score(self, prompt: Prompt, top: int = 0) -> list[TokenLogprob]:
+        """The target's log-probability of each prompt token after the ones before it (tokens 1.., so one
+        entry fewer than the prompt's tokens), with its `top` most likely alternatives: prompt scoring as
+        evaluation harnesses use it (one target pass over the prompt, in a cache of its own)."""
+        if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_LOGPROBS:
+            raise ValueError(f"top must be an integer in [0, {MAX_LOGPROBS}], got {top!r}")
+        ids = self.encode(prompt)
+        if self.max_context is not None and len(ids) > self.max_context:
+            raise ValueError(f"the prompt ({len(ids)} tokens) exceeds the context length of {self.max_context} tokens")
+        logits = self.target.fork().forward(ids, num_logits=len(ids))  # [L, V]
+        return token_logprobs(logits[:-1], ids[1:], top)
+
     def encode(self, prompt: Prompt) -> list[int]:
         """A string, token ids (ints, or a 1-D integer tensor), or a chat ([{"role", "content"}]) ->
         prompt token ids. Anything else is a TypeError; ids outside the vocabulary, text that is not
@@ -381,6 +394,12 @@ class SpeculativeDecoder:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def grammars(self) -> Grammars:
+        """The grammar compiler for this tokenizer (built at the first call: about a second; needs llguidance)."""
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer, self.vocab_size, self.eos_ids)
+        return self._grammars
+
     def rules(self, sampling: SamplingParams, prompt_ids: list[int], ignore_eos: bool) -> TokenRules | None:
         """A row's rules (`specdecode.rules`), None where the request changes no logits; ValueError for
         logit_bias ids outside the vocabulary or an invalid grammar."""
@@ -390,9 +409,7 @@ class SpeculativeDecoder:
         if sampling.grammar is not None:
             if ignore_eos:
                 raise ValueError("a grammar ends the output with EOS where it is complete: drop ignore_eos")
-            if self._grammars is None:
-                self._grammars = Grammars(self.tokenizer, self.vocab_size, self.eos_ids)
-            grammar = self._grammars.matcher(sampling.grammar)
+            grammar = self.grammars().matcher(sampling.grammar)
         return TokenRules(sampling, prompt_ids, self.vocab_size, grammar)
 
     def check_request(self, prompt_len: int, max_new_tokens: int, k: NumSpeculativeTokens) -> None:

@@ -4,6 +4,7 @@ loopback port), spoken to with the official `openai` client and raw HTTP."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -13,6 +14,7 @@ import pytest
 from serving import KEY, MODEL, metrics, raw, running_server, send_raw_request
 
 from specdecode import SamplingParams, SpeculativeDecoder
+from specdecode.grammar import GrammarSpec
 
 K = 3
 LIMITS = {
@@ -189,7 +191,67 @@ BAD = {  # name -> (path, body, key, expected status)
     "missing prompt": ("/v1/completions", {"model": MODEL}, KEY, 400),
     "context overflow": ("/v1/completions", {"model": MODEL, "prompt": "ab" * 50, "max_tokens": 200}, KEY, 400),
     "prompt over the limit": ("/v1/completions", {"model": MODEL, "prompt": "a" * 130, "max_tokens": 1}, KEY, 400),
-    "unsupported logprobs": ("/v1/completions", {"model": MODEL, "prompt": "a", "logprobs": 2}, KEY, 400),
+    "logprobs out of range": ("/v1/completions", {"model": MODEL, "prompt": "a", "logprobs": 21}, KEY, 400),
+    "top_logprobs without logprobs": (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": CHAT, "top_logprobs": 2},
+        KEY,
+        400,
+    ),
+    "top_logprobs out of range": (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": CHAT, "logprobs": True, "top_logprobs": 30},
+        KEY,
+        400,
+    ),
+    "logit_bias id outside the vocabulary": (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "a", "logit_bias": {"100000": 1}},
+        KEY,
+        400,
+    ),
+    "logit_bias value out of range": (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "a", "logit_bias": {"5": 101}},
+        KEY,
+        400,
+    ),
+    "logit_bias key not an id": ("/v1/completions", {"model": MODEL, "prompt": "a", "logit_bias": {"x": 1}}, KEY, 400),
+    "presence_penalty out of range": (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "a", "presence_penalty": 3},
+        KEY,
+        400,
+    ),
+    "invalid regex": (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "a", "response_format": {"type": "regex", "regex": "(a"}},
+        KEY,
+        400,
+    ),
+    "invalid JSON schema": (
+        "/v1/completions",
+        {
+            "model": MODEL,
+            "prompt": "a",
+            "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 1}}},
+        },
+        KEY,
+        400,
+    ),
+    "json_schema without its schema": (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "a", "response_format": {"type": "json_schema"}},
+        KEY,
+        400,
+    ),
+    "unknown response_format": (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "a", "response_format": {"type": "yaml"}},
+        KEY,
+        400,
+    ),
+    "max_tokens 0 without echo": ("/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 0}, KEY, 400),
     "oversize body": ("/v1/completions", {"model": MODEL, "prompt": "a" * 30000}, KEY, 413),
     "wrong API key": ("/v1/completions", {"model": MODEL, "prompt": "a"}, "wrong", 401),
     "no API key": ("/v1/models", None, None, 401),
@@ -204,6 +266,64 @@ def test_bad_input_gets_a_clear_error(server, case):
     got, reply = raw(server, path, data, key=key, method="GET" if body is None else "POST")
     assert got == status, reply
     assert set(reply) == {"error"} and reply["error"]["message"] and "Traceback" not in reply["error"]["message"]
+
+
+def test_logprobs_are_the_decoders(client, reference):
+    """Completions (non-streaming and streaming) and chat (n = 2, sampled, seeded): every token's logprob and
+    alternatives equal the decoder's own, which equal target-only decoding's (test_rules.py)."""
+    want = expected(reference, PROMPT, 20, logprobs=3)
+    out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, logprobs=3)
+    lp = out.choices[0].logprobs
+    assert lp.token_logprobs == pytest.approx([e.logprob for e in want.logprobs], abs=1e-6)
+    assert lp.tokens == [reference.tokenizer.decode([e.token]) for e in want.logprobs]
+    assert all(max(top.values()) == pytest.approx(v) for top, v in zip(lp.top_logprobs, lp.token_logprobs, strict=True))
+    assert "".join(lp.tokens) == out.choices[0].text and lp.text_offset[0] == 0
+    streamed = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, logprobs=3, stream=True
+    )
+    values = [v for chunk in streamed for choice in chunk.choices for v in choice.logprobs.token_logprobs]
+    assert values == lp.token_logprobs
+    chat = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=12, temperature=1.0, seed=9, n=2, logprobs=True, top_logprobs=2
+    )
+    for choice in chat.choices:
+        want = expected(reference, CHAT, 12, temperature=1.0, seed=9 + choice.index, logprobs=2)
+        content = choice.logprobs.content
+        assert [c.logprob for c in content] == pytest.approx([e.logprob for e in want.logprobs], abs=1e-6)
+        assert [[t.token for t in c.top_logprobs] for c in content] == [
+            [reference.tokenizer.decode([t]) for t, _ in e.top] for e in want.logprobs
+        ]
+
+
+def test_echo_scores_the_prompt_as_evaluation_harnesses_ask(client, reference):
+    """lm-evaluation-harness's request: the prompt as token ids, echo, logprobs 1, max_tokens 1 (and 0)."""
+    ids = reference.encode(PROMPT)
+    scores = reference.score(ids, 1)
+    for max_tokens in (0, 1):
+        out = client.completions.create(
+            model=MODEL, prompt=[ids], max_tokens=max_tokens, echo=True, logprobs=1, temperature=0
+        )
+        lp = out.choices[0].logprobs
+        assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == len(ids) + max_tokens
+        assert lp.token_logprobs[1 : len(ids)] == pytest.approx([e.logprob for e in scores], abs=1e-6)
+        assert out.choices[0].text.startswith(PROMPT)
+
+
+def test_penalties_logit_bias_and_a_grammar_give_the_decoders_output(client, reference):
+    rules = dict(presence_penalty=0.5, frequency_penalty=0.8, logit_bias={5: 3.0, 7: -50.0})
+    out = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=30, temperature=0,
+        presence_penalty=0.5, frequency_penalty=0.8, logit_bias={"5": 3.0, "7": -50.0},
+    )  # fmt: skip
+    assert out.choices[0].text == expected(reference, PROMPT, 30, **rules).text
+    assert out.choices[0].text != expected(reference, PROMPT, 30).text  # the rules changed it
+    regex = "(ab|c)+ [0-9]{2,4}"
+    out = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=30, temperature=0,
+        extra_body={"response_format": {"type": "regex", "regex": regex}},
+    )  # fmt: skip
+    assert re.fullmatch(regex, out.choices[0].text) and out.choices[0].finish_reason == "stop"
+    assert out.choices[0].text == expected(reference, PROMPT, 30, grammar=GrammarSpec("regex", regex)).text
 
 
 def test_openai_client_sees_the_errors(client):

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from specdecode.engine import SpeculativeDecoder
+from specdecode.logprobs import TokenLogprob
 from specdecode.sampling import SEED_RANGE, NonFiniteLogitsError, SamplingParams
 from specdecode.server.config import ServerConfig
 from specdecode.server.metrics import Metrics
@@ -25,6 +26,8 @@ from specdecode.server.protocol import (
     APIError,
     ChatRequest,
     CompletionRequest,
+    chat_logprobs,
+    completion_logprobs,
     envelope,
     new_id,
     openapi_schema,
@@ -41,9 +44,10 @@ DISCONNECT_POLL_S = 0.2  # how often a request checks that its client is still c
 @dataclass
 class Choice:
     text: str = ""
-    token_ids: int = 0
+    token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stats: DecodeStats | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
@@ -51,6 +55,10 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
     metrics = Metrics()
     if config.max_n > config.max_batch_rows:
         raise ValueError(f"max_n ({config.max_n}) must be at most max_batch_rows ({config.max_batch_rows})")
+    try:
+        decoder.grammars()  # now rather than at the first request with a response_format
+    except ImportError as err:
+        log.warning("%s: requests with a response_format will be refused", err)
     worker = Worker(
         decoder,
         config.max_pending,
@@ -125,25 +133,34 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request):
         req = CompletionRequest.model_validate(await _read_json(request, config), strict=True)
-        if req.echo or req.logprobs is not None or req.suffix or (req.best_of or req.n) != req.n:
-            raise APIError(400, "echo, logprobs, suffix and best_of are not supported")
+        if req.suffix or (req.best_of or req.n) != req.n:
+            raise APIError(400, "suffix and best_of are not supported")
+        if req.echo and req.stream:
+            raise APIError(400, "echo is not supported with stream", param="echo")
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        if max_tokens == 0 and not req.echo:
+            raise APIError(400, "max_tokens 0 needs echo (it scores the prompt)", param="max_tokens")
         prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else req.prompt
-        return await _serve(request, req, prompt, req.max_tokens or 16, chat=False)
+        return await _serve(request, req, prompt, max_tokens, chat=False, logprobs=req.logprobs)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(request: Request):
         req = ChatRequest.model_validate(await _read_json(request, config), strict=True)
-        if req.logprobs:
-            raise APIError(400, "logprobs are not supported", param="logprobs")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if req.max_tokens == 0:
+            raise APIError(400, "max_tokens must be at least 1", param="max_tokens")
         if decoder.tokenizer.chat_template is None:
             raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         max_tokens = req.max_completion_tokens or req.max_tokens or config.default_max_tokens
-        return await _serve(request, req, messages, max_tokens, chat=True)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        return await _serve(request, req, messages, max_tokens, chat=True, logprobs=logprobs)
 
-    async def _serve(request: Request, req, prompt, max_tokens: int, chat: bool):
+    async def _serve(request: Request, req, prompt, max_tokens: int, chat: bool, logprobs: int | None):
+        """Decode the request; `logprobs`: None, or the number of alternatives to report per token."""
         start = time.perf_counter()
-        job = _make_job(req, prompt, max_tokens)
+        job = _make_job(req, prompt, max_tokens, logprobs)
         job.start_by = time.monotonic() + config.max_queue_wait
         job.finish_by = time.monotonic() + config.request_timeout
         try:
@@ -154,30 +171,45 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
         request_id = new_id("chatcmpl" if chat else "cmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _stream(request, job, request_id, chat, include_usage, start)
+            events = _stream(request, job, request_id, chat, include_usage, start, logprobs is not None)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        choices = await _collect(request, job, start)
-        if choices is None:  # the client went away
+        collected = await _collect(request, job, start)
+        if collected is None:  # the client went away
             _count(request, 499)
             return Response(status_code=499)
+        choices, prompt_scores = collected
         body = envelope("chat.completion" if chat else "text_completion", request_id, config.model_name)
-        body["choices"] = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-            }
-            if chat
-            else {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-            for i, c in enumerate(choices)
-        ]
-        body["usage"] = usage(len(job.prompt_ids), sum(c.token_ids for c in choices))
-        body["speculative"] = speculative([c.stats for c in choices])
+        tokenizer = decoder.tokenizer
+        if chat:
+            body["choices"] = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": None if logprobs is None else chat_logprobs(tokenizer, c.logprobs),
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(choices)
+            ]
+        else:
+            echoed = (prompt if isinstance(prompt, str) else tokenizer.decode(job.prompt_ids)) if req.echo else ""
+            prompt_part = (job.prompt_ids, [None, *prompt_scores]) if req.echo else ([], [])
+            body["choices"] = [
+                {
+                    "index": i,
+                    "text": echoed + c.text,
+                    "logprobs": None
+                    if logprobs is None
+                    else completion_logprobs(tokenizer, prompt_part[0] + c.token_ids, prompt_part[1] + c.logprobs),
+                    "finish_reason": c.finish_reason or "length",
+                }
+                for i, c in enumerate(choices)
+            ]
+        body["usage"] = usage(len(job.prompt_ids), sum(len(c.token_ids) for c in choices))
+        body["speculative"] = speculative([c.stats for c in choices if c.stats])
         _finish(request, job, choices, start)
         return JSONResponse(body)
 
-    def _make_job(req, prompt, max_tokens: int) -> Job:
+    def _make_job(req, prompt, max_tokens: int, logprobs: int | None) -> Job:
         """Validate the request against the model and the limits; 400 with the reason if it fails."""
         if req.model != config.model_name:
             message = f"the model {req.model!r} does not exist; this server has {config.model_name!r}"
@@ -196,7 +228,7 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                 raise ValueError(
                     f"the prompt has {len(prompt_ids)} tokens; this server takes at most {config.max_prompt_tokens}"
                 )
-            decoder.check_request(len(prompt_ids), max_tokens, k)
+            decoder.check_request(len(prompt_ids), max(max_tokens, 1), k)
             if req.seed is not None and req.seed + req.n > SEED_RANGE[1]:
                 raise ValueError("seed + n - 1 must be below 2**64 (choice i is sampled with seed + i)")
             sampling = SamplingParams(
@@ -206,10 +238,19 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                 min_p=req.min_p,
                 seed=req.seed,
                 stop=tuple(req.stop or ()),
+                presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty,
+                repetition_penalty=req.repetition_penalty,
+                logit_bias={int(token): value for token, value in (req.logit_bias or {}).items()},
+                logprobs=logprobs,
+                grammar=req.response_format.spec() if req.response_format else None,
             )
-        except (ValueError, TypeError) as err:
+            decoder.rules(sampling, prompt_ids, req.ignore_eos)  # a bad logit_bias id or grammar is the client's
+        except (ValueError, TypeError, ImportError) as err:
             raise APIError(400, str(err)) from None
-        return Job(prompt_ids, max_tokens, k, sampling, req.n, asyncio.get_running_loop(), req.ignore_eos)
+        scored = logprobs if getattr(req, "echo", False) and logprobs is not None else None
+        loop = asyncio.get_running_loop()
+        return Job(prompt_ids, max_tokens, k, sampling, req.n, loop, req.ignore_eos, prompt_logprobs=scored)
 
     async def _events(request: Request, job: Job) -> AsyncIterator[tuple]:
         """The job's events until "done" or "error"; they stop (and the job is cancelled) once the client
@@ -227,17 +268,21 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                     return
             if event is not None:
                 yield event
-                if event[0] != "chunk":
+                if event[0] in ("done", "error"):
                     return
 
-    async def _collect(request: Request, job: Job, start: float) -> list[Choice] | None:
-        choices = [Choice() for _ in range(job.rows)]
+    async def _collect(request: Request, job: Job, start: float) -> tuple[list[Choice], list[TokenLogprob]] | None:
+        """The choices and the prompt's scores (where asked), or None if the client went away."""
+        choices, prompt_scores = [Choice() for _ in range(job.rows)], []
         try:
             async for kind, index, payload in _events(request, job):
                 if kind == "done":
-                    return choices
+                    return choices, prompt_scores
                 if kind == "error":
                     raise _generation_error(payload)
+                if kind == "prompt":
+                    prompt_scores = payload
+                    continue
                 _add_chunk(choices[index], payload, start, first=not any(c.token_ids for c in choices))
             return None
         finally:
@@ -247,13 +292,14 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
         if first and chunk.token_ids:
             metrics.first_token.observe(time.perf_counter() - start)
         choice.text += chunk.text
-        choice.token_ids += len(chunk.token_ids)
+        choice.token_ids += chunk.token_ids
+        choice.logprobs += chunk.logprobs or []
         choice.finish_reason, choice.stats = chunk.finish_reason, chunk.stats
         if chunk.finish_reason is not None:
             metrics.record_generation(chunk.stats)
 
     async def _stream(
-        request: Request, job: Job, request_id: str, chat: bool, include_usage: bool, start: float
+        request: Request, job: Job, request_id: str, chat: bool, include_usage: bool, start: float, logprobs: bool
     ) -> AsyncIterator[str]:
         kind = "chat.completion.chunk" if chat else "text_completion"
         created = int(time.time())
@@ -279,19 +325,28 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
                 if chat and choice.stats is None:  # the first chunk of this choice says who speaks
                     opening = {"index": index, "delta": {"role": "assistant", "content": ""}}
                     yield sse([{**opening, "logprobs": None, "finish_reason": None}])
+                offset = len(choice.text)
                 _add_chunk(choice, payload, start, first=not any(c.token_ids for c in choices))
-                if payload.text or payload.finish_reason:
+                if payload.text or payload.finish_reason or logprobs:
                     part = {"content": payload.text} if payload.text else {}
                     item = {"index": index, "delta": part} if chat else {"index": index, "text": payload.text}
-                    yield sse([{**item, "logprobs": None, "finish_reason": payload.finish_reason}])
+                    scores = None
+                    if logprobs:
+                        tokenizer, entries = decoder.tokenizer, payload.logprobs
+                        scores = (
+                            chat_logprobs(tokenizer, entries)
+                            if chat
+                            else completion_logprobs(tokenizer, payload.token_ids, entries, offset)
+                        )
+                    yield sse([{**item, "logprobs": scores, "finish_reason": payload.finish_reason}])
             if status != 200:
                 return
             if include_usage:
-                completion = sum(c.token_ids for c in choices)
+                completion = sum(len(c.token_ids) for c in choices)
                 yield sse(
                     [],
                     usage=usage(len(job.prompt_ids), completion),
-                    speculative=speculative([c.stats for c in choices]),
+                    speculative=speculative([c.stats for c in choices if c.stats]),
                 )
             yield "data: [DONE]\n\n"
             _finish(request, job, choices, start)
@@ -304,8 +359,8 @@ def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:
         seconds = time.perf_counter() - start
         metrics.latency.observe(seconds)
         _count(request, 200)
-        spec = speculative([c.stats for c in choices])
-        completion = sum(c.token_ids for c in choices)
+        spec = speculative([c.stats for c in choices if c.stats])
+        completion = sum(len(c.token_ids) for c in choices)
         log.info(
             "%s prompt=%d completion=%d n=%d finish=%s %.2fs %.1f tok/s acceptance=%.1f%% mean_acceptance_length=%.2f",
             request.url.path,

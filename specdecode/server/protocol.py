@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from specdecode.sampling import SEED_RANGE
+from specdecode.grammar import GrammarSpec
+from specdecode.logprobs import TokenLogprob
+from specdecode.sampling import MAX_LOGPROBS, SEED_RANGE
 from specdecode.stats import DecodeStats
 
 
@@ -37,13 +39,43 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchema(BaseModel):
+    name: str = "output"
+    schema_: dict = Field(alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`, and two extensions: {"type": "regex", "regex": ...} and
+    {"type": "grammar", "grammar": <a Lark grammar>}."""
+
+    type: Literal["text", "json_object", "json_schema", "regex", "grammar"]
+    json_schema: JsonSchema | None = None
+    regex: str | None = None
+    grammar: str | None = None
+
+    def spec(self) -> GrammarSpec | None:
+        """The grammar this format asks for (None for text); ValueError where its field is missing."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return GrammarSpec("json_object")
+        field = {"json_schema": self.json_schema, "regex": self.regex, "grammar": self.grammar}[self.type]
+        if field is None:
+            raise ValueError(f"response_format of type {self.type!r} needs a {self.type!r} field")
+        if self.type == "json_schema":
+            return GrammarSpec.json_schema(field.schema_)
+        return GrammarSpec("regex" if self.type == "regex" else "lark", field)
+
+
 class Sampling(BaseModel):
     """Fields both endpoints share. Unknown fields are ignored, as OpenAI-compatible servers do."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
@@ -55,6 +87,19 @@ class Sampling(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     num_speculative_tokens: Annotated[int, Field(ge=0)] | Literal["auto", "heuristic"] | None = None
     ignore_eos: bool = False  # as vLLM: decode max_tokens whatever the model ends with (load tests)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)  # extension, as vLLM
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isdecimal():
+                raise ValueError(f"logit_bias keys must be token ids (strings of digits), got {key!r}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -69,7 +114,7 @@ class CompletionRequest(Sampling):
         | Annotated[list[str], Field(min_length=1, max_length=1)]
     )
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -77,6 +122,8 @@ class CompletionRequest(Sampling):
     @classmethod
     def _prompt(cls, value):
         """Clear messages for the shapes the union below would report branch by branch."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+            value = value[0]  # one prompt of token ids in a batch of one, as evaluation harnesses send it
         strings = isinstance(value, list) and all(isinstance(p, str) for p in value)
         ids = isinstance(value, list) and all(type(t) is int for t in value)
         if not (isinstance(value, str) or strings or ids):
@@ -107,8 +154,41 @@ class Message(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+
+def token_text(tokenizer, token: int) -> str:
+    """A token as text (a piece of a multi-byte character decodes to U+FFFD)."""
+    return tokenizer.decode([token])
+
+
+def completion_logprobs(tokenizer, tokens: list[int], entries: list[TokenLogprob | None], offset: int = 0) -> dict:
+    """The completions API's logprobs object for `tokens` (an entry of None: the prompt's first token, which
+    has no log-probability); text offsets count characters from `offset`."""
+    texts = [token_text(tokenizer, t) for t in tokens]
+    offsets = [offset + sum(len(t) for t in texts[:i]) for i in range(len(texts))]
+    return {
+        "tokens": texts,
+        "token_logprobs": [None if e is None else e.logprob for e in entries],
+        "top_logprobs": [  # as vLLM: the chosen token and the top alternatives
+            None if e is None else {token_text(tokenizer, t): v for t, v in [(e.token, e.logprob), *e.top]}
+            for e in entries
+        ],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(tokenizer, entries: list[TokenLogprob]) -> dict:
+    """The chat API's logprobs object: per token its text, bytes, log-probability and top alternatives."""
+
+    def item(token: int, logprob: float) -> dict:
+        text = token_text(tokenizer, token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    content = [{**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]} for e in entries]
+    return {"content": content, "refusal": None}
 
 
 def new_id(prefix: str) -> str:

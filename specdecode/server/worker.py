@@ -43,8 +43,9 @@ class DeadlineError(Exception):
 class Job:
     """One request: `rows` choices of one prompt (choice i seeded sampling.seed + i).
 
-    `start_by` and `finish_by` are `time.monotonic()` instants. Events put on `events`: ("chunk",
-    choice index, StreamChunk) per step, then ("done", None, None), or ("error", None, exception).
+    `start_by` and `finish_by` are `time.monotonic()` instants. Events put on `events`: ("prompt", None,
+    the prompt's TokenLogprobs) first where asked, ("chunk", choice index, StreamChunk) per step, then
+    ("done", None, None), or ("error", None, exception). A job of max_tokens 0 only scores its prompt.
     """
 
     prompt_ids: list[int]
@@ -54,6 +55,7 @@ class Job:
     rows: int  # the request's n
     loop: asyncio.AbstractEventLoop
     ignore_eos: bool = False
+    prompt_logprobs: int | None = None  # score the prompt first, with this many alternatives per token
     start_by: float = float("inf")
     finish_by: float = float("inf")
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -146,7 +148,9 @@ class Worker:
                 job = next(j for j in jobs if j.first_row <= row.index < j.first_row + j.rows)
                 self.on_tokens(len(committed))
                 if not job.cancelled.is_set():
-                    chunk = StreamChunk(row.output.delta(), committed, row.output.finish_reason, row.stats)
+                    logprobs = row.output.logprobs
+                    logprobs = None if logprobs is None else logprobs[len(logprobs) - len(committed) :]
+                    chunk = StreamChunk(row.output.delta(), committed, row.output.finish_reason, row.stats, logprobs)
                     job.emit("chunk", row.index - job.first_row, chunk)
             jobs = self._retire(jobs, batch)
 
@@ -162,6 +166,16 @@ class Worker:
         if time.monotonic() > job.start_by:
             error = QueueWaitError("the request waited in the queue too long; retry later")
             self._finish(job, ("error", None, error), admitted=False)
+            return False
+        if job.prompt_logprobs is not None:
+            try:
+                job.emit("prompt", None, self.decoder.score(job.prompt_ids, job.prompt_logprobs))
+            except Exception as err:
+                log.exception("prompt scoring failed")
+                self._finish(job, ("error", None, err), admitted=False)
+                return False
+        if job.max_tokens == 0:
+            self._finish(job, ("done", None, None), admitted=False)
             return False
         job.first_row, self._next_row = self._next_row, self._next_row + job.rows
         batch.add(job.prompt_ids, job.max_tokens, job.sampling, job.ignore_eos, job.rows, job.first_row, job.k)
