@@ -5,6 +5,7 @@ and as a real subprocess where the process itself matters (piped stdin, exit sta
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 from unittest import mock
@@ -74,12 +75,29 @@ def test_generate_stream_from_stdin(model_dirs):
         (["--top-p", "0"], 2, "top_p must be"),
         (["--prompt", ""], 2, "the prompt is empty"),
         (["--max-new-tokens", "1000"], 2, "exceeds the context length"),
+        (["--regex", "(a"], 2, "invalid regex"),
+        (["--logit-bias", "x"], 2, "--logit-bias takes ID=VALUE"),
+        (["--logprobs", "50"], 2, "logprobs must be in"),
     ],
 )
 def test_bad_input_exits_with_a_message(model_dirs, extra, code, message):
     proc = generate(model_dirs, *(extra if "--prompt" in extra else ["--prompt", "abc", *extra]))
     assert proc.returncode == code
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rules_grammar_and_logprobs(model_dirs):
+    """Penalties, logit_bias, a regex and logprobs from the command line: the output matches the regex,
+    is the same with and without speculation, and reports one logprob entry per token."""
+    flags = ["--prompt", "def f(x):", "--max-new-tokens", "30", "--json", "--logprobs", "2",
+             "--regex", "(ab|c)+ [0-9]+", "--presence-penalty", "0.5", "--frequency-penalty", "0.5",
+             "--logit-bias", "5=2"]  # fmt: skip
+    reports = [json.loads(generate(model_dirs, *flags, "-k", k).stdout) for k in ("0", "3")]
+    assert reports[0]["token_ids"] == reports[1]["token_ids"]
+    assert re.fullmatch(r"(ab|c)+ [0-9]+", reports[1]["text"])
+    entries = reports[1]["logprobs"]
+    assert [e["token"] for e in entries] == reports[1]["token_ids"] and all(len(e["top"]) == 2 for e in entries)
+    assert [e["logprob"] for e in entries] == pytest.approx([e["logprob"] for e in reports[0]["logprobs"]], abs=1e-5)
 
 
 def test_missing_model_exits_with_a_message():
