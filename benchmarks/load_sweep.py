@@ -26,16 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import RESULTS, humaneval_prompts
+from common import RESULTS, free_port, humaneval_prompts, running_server
 
 from specdecode.bench.machine import cpu_name
 from specdecode.bench.workloads import chat
@@ -44,12 +42,6 @@ KEY = "load-sweep"
 REQUESTS = {1: 3, 2: 4, 4: 8, 8: 8, 16: 16}  # per level: at least one round of every stream, two at C <= 4
 ENDPOINTS = {"code": "/v1/completions", "chat": "/v1/chat/completions"}
 SPECDECODE_SERVERS = ("auto", "k0", "one-at-a-time")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_command(name: str, args: argparse.Namespace, port: int) -> tuple[list[str], str | None]:
@@ -72,24 +64,8 @@ def running(name: str, args: argparse.Namespace, log_path: Path):
     """A started server: yields its base URL; stopped on exit."""
     port = free_port()
     command, cwd = server_command(name, args, port)
-    env = dict(os.environ, PYTHONPATH=cwd) if cwd else None
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 900
-            while True:
-                try:
-                    urllib.request.urlopen(base + "/health", timeout=5)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError(f"{name} did not start; see {log_path}") from None
-                    time.sleep(2)
-            yield base
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    with running_server(command, port, log_path, cwd) as base:
+        yield base
 
 
 def post(base: str, path: str, body: dict) -> dict:

@@ -59,6 +59,7 @@ class Grammars:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, eos_ids: Collection[int]) -> None:
         llg = _llguidance()
         self.vocab_size, self.eos_ids = vocab_size, sorted(eos_ids)
+        self.forced_guesses = True  # False: no forced tokens as free guesses (to measure what they bring)
         eos = self.eos_ids or None
         try:
             self.tokenizer = llg.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
@@ -122,6 +123,8 @@ class GrammarState:
         return self.matcher.validate_tokens(list(tokens))
 
     def forced(self, tokens: Sequence[int]) -> list[int]:
+        if not self.grammars.forced_guesses:
+            return []
         consumed = self.matcher.try_consume_tokens(list(tokens))
         forced = self.matcher.compute_ff_tokens() if consumed == len(tokens) else []
         self.matcher.rollback(consumed)
