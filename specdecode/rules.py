@@ -82,6 +82,11 @@ class TokenRules:
         if self.grammar is not None:
             self.grammar.commit(tokens)
 
+    def forced(self, limit: int) -> list[int]:
+        """The tokens the grammar forces right after the committed text (at most `limit`): a step's guesses
+        that need no proposer."""
+        return [] if self.grammar is None else self.grammar.forced(())[:limit]
+
     def constrain(self, guess: Proposal, limit: int) -> Proposal:
         """A chain of guesses cut where the grammar refuses it, then the tokens the grammar forces after it
         appended as deterministic guesses (no draft pass), at most `limit` guesses in all. Trees as they are
@@ -95,7 +100,7 @@ class TokenRules:
         if forced and probs is not None:
             one_hot = torch.zeros(len(forced), probs.shape[-1], dtype=probs.dtype, device=probs.device)
             probs = torch.cat([probs, one_hot.scatter_(-1, torch.tensor(forced, device=probs.device)[:, None], 1.0)])
-        return Proposal(tokens + forced, probs)
+        return Proposal(tokens + forced, probs, forced=len(forced))
 
     def apply(self, logits: torch.Tensor, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """logits [N, V] (row i after the committed tokens plus prefixes[i]) -> the request's logits [N, V]

@@ -133,15 +133,18 @@ def step(
     proposing: Proposing = OWN_PROPOSERS,
 ) -> list[list[int]]:
     """One speculative step for every row; returns the tokens each row committed."""
-    # 1. propose: K from each row's policy, at most as many guesses as the row can still emit after this pass
+    # 1. propose: K from each row's policy, at most as many guesses as the row can still emit after this pass;
+    #    where a grammar forces the next tokens they are the row's guesses (no proposer), else the proposer's
+    #    guesses are cut where the grammar refuses them and the tokens it forces after them are added
+    room = [row.output.max_new_tokens - len(row.output) - 1 for row in rows]
+    forced = [[] if row.rules is None else row.rules.forced(n) for row, n in zip(rows, room, strict=True)]
     chosen = choose_k(rows, proposing.unread(rows))
-    ks = [min(k, row.output.max_new_tokens - len(row.output) - 1) for row, k in zip(rows, chosen, strict=True)]
+    ks = [0 if f else min(k, n) for f, k, n in zip(forced, chosen, room, strict=True)]
     for row, k in zip(rows, ks, strict=True):
         row.k = k
-    guesses = proposing.propose(rows, ks)
-    guesses = [  # a grammar cuts a chain where it refuses it and adds the tokens it forces
-        guess if row.rules is None else row.rules.constrain(guess, row.output.max_new_tokens - len(row.output) - 1)
-        for row, guess in zip(rows, guesses, strict=True)
+    guesses = [
+        Proposal(f, None, forced=len(f)) if f else guess if row.rules is None else row.rules.constrain(guess, n)
+        for row, f, n, guess in zip(rows, forced, room, proposing.propose(rows, ks), strict=True)
     ]
     # 2. verify: one target pass over every row's uncached tokens and guesses
     logits = verifier.next_logits(rows, guesses)
@@ -155,7 +158,7 @@ def step(
         if path is not None:
             verifier.keep_path(b, row, path)
         row.stats.record_step(guess.depth, len(accepted), drafted=len(guess))
-        row.policy.observe(guess.depth, len(accepted))
+        row.policy.observe(guess.depth - guess.forced, min(len(accepted), guess.depth - guess.forced))
         # 4. commit, one token at a time, so nothing past a stop is emitted
         new = commit([*accepted, next_token], row.tokens, row.output)
         if row.rules is not None:

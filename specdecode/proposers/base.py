@@ -25,6 +25,7 @@ class Proposal:
     tokens: list[int]  # [K] or [N]
     probs: torch.Tensor | None  # [K, V], or None when the guesses are deterministic
     parents: list[int] | None = None  # [N] for a tree, None for a chain
+    forced: int = 0  # the last `forced` tokens of a chain are a grammar's forced text, not the proposer's
 
     def __len__(self) -> int:
         return len(self.tokens)
