@@ -19,6 +19,7 @@ import torch
 from test_sampling_exact import ALPHA, N
 from tiny_models import chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
 
+import specdecode.policy
 import specdecode.rules
 from specdecode import SamplingParams, SpeculativeDecoder
 from specdecode.grammar import GrammarSpec
@@ -61,6 +62,16 @@ def test_forced_tokens_are_free_guesses(json_decoders):
     out = decoder.generate("a", 60, 0, SamplingParams(grammar=GrammarSpec.json_schema(SCHEMA)))
     assert out.stats.target_passes < len(out.token_ids) - 5
     assert out.stats.draft_passes == 0
+
+
+def test_forced_tokens_need_no_proposer_and_do_not_teach_the_policy(json_decoders, monkeypatch):
+    """Where the grammar forces the next tokens the draft is not run, and the K policy hears only of the
+    draft's own guesses (at most K a step), never of the forced ones."""
+    seen = []
+    monkeypatch.setattr(specdecode.policy.FixedK, "observe", lambda self, guessed, accepted: seen.append(guessed))
+    out = json_decoders["draft"].generate("a", 60, 2, SamplingParams(grammar=GrammarSpec.json_schema(SCHEMA)))
+    assert out.stats.drafted > sum(seen) and max(seen) <= 2
+    assert 0 in seen and out.stats.draft_passes < 2 * out.stats.target_passes
 
 
 def test_json_object_and_lark(json_decoders):
