@@ -92,7 +92,7 @@ def write_tasks(folder: Path, limit: int) -> None:
     (folder / "first_line.yaml").write_text(
         f"task: {TASKS[0]}\n{data}output_type: generate_until\ndoc_to_text: '{{{{prompt}}}}'\n"
         "doc_to_target: '{{first_line}}'\ntarget_delimiter: ''\n"
-        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 64\n  do_sample: false\n  temperature: 0\n"
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 64\n  do_sample: false\n  temperature: 0\n'
         "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
     )
     (folder / "first_line_choice.yaml").write_text(
@@ -128,7 +128,9 @@ def main() -> int:
     ap.add_argument("--target", required=True)
     ap.add_argument("--draft", required=True)
     ap.add_argument("--tokenizer", required=True, help="a folder with the target's Hugging Face tokenizer (lm-eval)")
-    ap.add_argument("--lm-eval", required=True, help="the lm_eval executable (its own venv: pip install 'lm-eval[api]')")
+    ap.add_argument(
+        "--lm-eval", required=True, help="the lm_eval executable (its own venv: pip install 'lm-eval[api]')"
+    )
     ap.add_argument("--limit", type=int, default=40, help="HumanEval problems per lm-eval task")
     ap.add_argument("--name", default="openai_features")
     args = ap.parse_args()
@@ -152,16 +154,18 @@ def main() -> int:
         f"python benchmarks/openai_features.py --target {args.target} --draft {args.draft} "
         f"--tokenizer {args.tokenizer} --lm-eval LM_EVAL --limit {args.limit}"
     )
+    off_valid = sum(a["valid"] for a in off["schema"]["answers"])
+    off_consistent = sum(a["logprobs_consistent"] for a in off["schema"]["answers"])
+    n = len(answers)
     lines = [
         f"Machine: {cpu_name()}. Command: `{command}`",
         "",
         "| check | `-k auto` | `-k 0` |",
         "|---|---|---|",
-        f"| JSON-schema answers that parse and validate | {valid}/{len(answers)} | "
-        f"{sum(a['valid'] for a in off['schema']['answers'])}/{len(answers)} |",
-        f"| answers whose logprobs are consistent (top-1 = chosen token, tokens = text) | {consistent}/{len(answers)} | "
-        f"{sum(a['logprobs_consistent'] for a in off['schema']['answers'])}/{len(answers)} |",
-        f"| 50 schema requests (4 at a time), seconds | {on['schema']['seconds']:.0f} | {off['schema']['seconds']:.0f} |",
+        f"| JSON-schema answers that parse and validate | {valid}/{n} | {off_valid}/{n} |",
+        f"| consistent logprobs (top-1 = chosen, tokens = text) | {consistent}/{n} | {off_consistent}/{n} |",
+        f"| {n} schema requests (4 at a time), seconds | {on['schema']['seconds']:.0f} | "
+        f"{off['schema']['seconds']:.0f} |",
         *(
             f"| lm-eval {task} {metric} | {value:.4f} | {off['lm_eval']['scores'][task][metric]:.4f} |"
             for task in TASKS

@@ -2,8 +2,9 @@
 as free guesses, with speculation (`auto`) and without (K = 0), next to unconstrained decoding.
 
 Chat prompts ask for JSON of one of five schemas (two prompts each); greedy, every mode on every prompt,
-modes in rotated order, the prompt already in both caches (the times are decoding's, not the prompt's). Checks: the constrained outputs of all modes are identical (greedy, one
-grammar), and each parses and validates against its schema.
+modes in rotated order, the prompt already in both caches (the times are decoding's, not the prompt's).
+Checks: the constrained outputs of all modes are identical (greedy, one grammar), and each parses and
+validates against its schema.
 
     python benchmarks/structured_output.py --target T.gguf --draft D.gguf
 """

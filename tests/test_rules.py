@@ -12,9 +12,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from test_sampling_exact import ALPHA, NEW, PROMPT, V
+from test_sampling_exact import ALPHA, NEW, PROMPT, V, sampled_counts
 from test_sampling_exact import TOKENIZER as SMALL_TOKENIZER
-from test_sampling_exact import N as SAMPLES
 from tiny_models import chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
 
 from specdecode import SamplingParams, SpeculativeDecoder
@@ -172,15 +171,6 @@ def exact_distribution(model, sampling: SamplingParams) -> np.ndarray:
             p *= float(logits_to_probs(logits, warp)[seq[i]])
         out.append(p)
     return np.array(out)
-
-
-def sampled_counts(decoder, sampling: SamplingParams, k: int, samples: int = SAMPLES) -> np.ndarray:
-    counts = np.zeros(V**NEW)
-    for seed in range(samples):
-        run = SamplingParams(**{**sampling.__dict__, "seed": seed})
-        ids = decoder.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=k, sampling=run, ignore_eos=True)
-        counts[np.ravel_multi_index(ids.token_ids, (V,) * NEW)] += 1
-    return counts
 
 
 @pytest.mark.parametrize("proposer", ["draft", "tree"])

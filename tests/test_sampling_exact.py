@@ -43,9 +43,9 @@ def exact_distribution(model, params: SamplingParams) -> np.ndarray:
     return np.array(out)
 
 
-def sampled_counts(decoder, params: SamplingParams, k: int) -> np.ndarray:
+def sampled_counts(decoder, params: SamplingParams, k: int, samples: int = N) -> np.ndarray:
     counts = np.zeros(V**NEW)
-    for seed in range(N):
+    for seed in range(samples):
         run = SamplingParams(**{**params.__dict__, "seed": seed})
         ids = decoder.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=k, sampling=run, ignore_eos=True)
         counts[np.ravel_multi_index(ids.token_ids, (V,) * NEW)] += 1
