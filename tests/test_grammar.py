@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import regex
 import torch
-from test_sampling_exact import ALPHA, N
+from test_sampling_exact import ALPHA, N, sampled_outputs
 from tiny_models import chi_square_pvalue, make_model, make_tokenizer, perturbed_copy
 
 import specdecode.policy
@@ -140,12 +140,11 @@ def exact_distribution(model, sampling: SamplingParams) -> dict[tuple[int, ...],
 
 
 def sampled_pvalue(decoder, sampling: SamplingParams, exact: dict, samples: int = N) -> float:
+    """Chi-square p-value of `samples` outputs (decoded 100 at a time as the rows of a batch) against `exact`."""
     outcomes = list(exact)
     counts = np.zeros(len(outcomes) + 1)  # the last cell: outputs the grammar forbids (probability 0)
-    for seed in range(samples):
-        run = SamplingParams(**{**sampling.__dict__, "seed": seed})
-        ids = tuple(decoder.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=2, sampling=run).token_ids)
-        counts[outcomes.index(ids) if ids in exact else -1] += 1
+    for output in sampled_outputs(decoder, sampling, 2, samples, rows=100, ignore_eos=False, prompt=PROMPT, new=NEW):
+        counts[outcomes.index(output) if output in exact else -1] += 1
     return chi_square_pvalue(counts, np.array([*(exact[o] for o in outcomes), 0.0]))
 
 

@@ -43,12 +43,25 @@ def exact_distribution(model, params: SamplingParams) -> np.ndarray:
     return np.array(out)
 
 
-def sampled_counts(decoder, params: SamplingParams, k: int, samples: int = N) -> np.ndarray:
-    counts = np.zeros(V**NEW)
-    for seed in range(samples):
+def sampled_outputs(
+    decoder, params: SamplingParams, k: int, samples: int = N, rows: int = 1, ignore_eos: bool = True,
+    prompt: list[int] = PROMPT, new: int = NEW,
+) -> list[tuple[int, ...]]:  # fmt: skip
+    """The outputs of `samples` generations of `new` tokens after `prompt`, seeded 0..samples-1: one at a
+    time, or `rows` at a time as the rows of a batch (row c of a batch seeded from seed + c)."""
+    outputs = []
+    for seed in range(0, samples, rows):
         run = SamplingParams(**{**params.__dict__, "seed": seed})
-        ids = decoder.generate(PROMPT, max_new_tokens=NEW, num_speculative_tokens=k, sampling=run, ignore_eos=True)
-        counts[np.ravel_multi_index(ids.token_ids, (V,) * NEW)] += 1
+        one = dict(max_new_tokens=new, num_speculative_tokens=k, sampling=run, ignore_eos=ignore_eos)
+        results = [decoder.generate(prompt, **one)] if rows == 1 else decoder.generate(prompt, **one, n=rows)
+        outputs += [tuple(r.token_ids) for r in results]
+    return outputs
+
+
+def sampled_counts(decoder, params: SamplingParams, k: int, samples: int = N, rows: int = 1) -> np.ndarray:
+    counts = np.zeros(V**NEW)
+    for output in sampled_outputs(decoder, params, k, samples, rows):
+        counts[np.ravel_multi_index(output, (V,) * NEW)] += 1
     return counts
 
 

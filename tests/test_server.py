@@ -324,6 +324,12 @@ def test_penalties_logit_bias_and_a_grammar_give_the_decoders_output(client, ref
     )  # fmt: skip
     assert re.fullmatch(regex, out.choices[0].text) and out.choices[0].finish_reason == "stop"
     assert out.choices[0].text == expected(reference, PROMPT, 30, grammar=GrammarSpec("regex", regex)).text
+    chat = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=30, temperature=0, logprobs=True, top_logprobs=5,
+        extra_body={"response_format": {"type": "regex", "regex": "(ab|c)+"}},
+    )  # fmt: skip
+    tops = [t.logprob for c in chat.choices[0].logprobs.content for t in c.top_logprobs]
+    assert min(tops) == -9999.0  # alternatives the grammar rules out (-inf): vLLM's floor, JSON has no -inf
 
 
 def test_openai_client_sees_the_errors(client):

@@ -159,6 +159,13 @@ class ChatRequest(Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
+LOGPROB_FLOOR = -9999.0  # as vLLM: a token the request's rules rule out (-inf) reported as this, JSON having no -inf
+
+
+def finite(logprob: float) -> float:
+    return max(logprob, LOGPROB_FLOOR)
+
+
 def token_text(tokenizer, token: int) -> str:
     """A token as text (a piece of a multi-byte character decodes to U+FFFD)."""
     return tokenizer.decode([token])
@@ -171,9 +178,9 @@ def completion_logprobs(tokenizer, tokens: list[int], entries: list[TokenLogprob
     offsets = [offset + sum(len(t) for t in texts[:i]) for i in range(len(texts))]
     return {
         "tokens": texts,
-        "token_logprobs": [None if e is None else e.logprob for e in entries],
+        "token_logprobs": [None if e is None else finite(e.logprob) for e in entries],
         "top_logprobs": [  # as vLLM: the chosen token and the top alternatives
-            None if e is None else {token_text(tokenizer, t): v for t, v in [(e.token, e.logprob), *e.top]}
+            None if e is None else {token_text(tokenizer, t): finite(v) for t, v in [(e.token, e.logprob), *e.top]}
             for e in entries
         ],
         "text_offset": offsets,
@@ -185,7 +192,7 @@ def chat_logprobs(tokenizer, entries: list[TokenLogprob]) -> dict:
 
     def item(token: int, logprob: float) -> dict:
         text = token_text(tokenizer, token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": text, "logprob": finite(logprob), "bytes": list(text.encode())}
 
     content = [{**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]} for e in entries]
     return {"content": content, "refusal": None}
