@@ -3,7 +3,8 @@ without (`-k 0`), one server after the other:
 
   - 50 chat requests with a JSON schema (`response_format`, greedy, `logprobs` + `top_logprobs`)
     through the official `openai` client, 4 at a time: every answer parses and validates against its
-    schema, every token's top-1 alternative is the chosen token (greedy), and both servers give the
+    schema, there is one logprob entry per generated token, each token's top-1 alternative is the
+    chosen token (greedy) and the tokens spell the answer (then the EOS), and both servers give the
     same answers;
   - lm-evaluation-harness (its `local-completions` model) running a generation task (the first line of
     each HumanEval solution, exact match) and a log-likelihood task (that line among three others,
@@ -63,9 +64,10 @@ def schema_run(base: str) -> dict:
             valid = True
         except (ValueError, jsonschema.ValidationError):
             valid = False
-        content = choice.logprobs.content
-        consistent = bool(content) and all(t.top_logprobs[0].token == t.token for t in content)
-        consistent = consistent and "".join(t.token for t in content) == choice.message.content
+        content = choice.logprobs.content  # one entry per generated token, an ending EOS included
+        consistent = len(content) == out.usage.completion_tokens
+        consistent = consistent and all(t.top_logprobs[0].token == t.token for t in content)
+        consistent = consistent and "".join(t.token for t in content).startswith(choice.message.content)
         return {"text": choice.message.content, "valid": valid, "logprobs_consistent": consistent,
                 "tokens": out.usage.completion_tokens, "finish_reason": choice.finish_reason}  # fmt: skip
 
@@ -117,7 +119,7 @@ def lm_eval_run(args: argparse.Namespace, base: str, folder: Path, out: Path) ->
     results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
     samples = {}
     for task in TASKS:
-        lines = next(out.rglob(f"samples_{task}_*.jsonl")).read_text().splitlines()
+        lines = next(out.rglob(f"samples_{task}_2*.jsonl")).read_text().splitlines()  # _<date>: not _choice_
         samples[task] = [json.loads(line)["filtered_resps"] for line in lines]
     scores = {task: {k: v for k, v in results[task].items() if isinstance(v, float)} for task in TASKS}
     return {"scores": scores, "samples": samples, "seconds": seconds}
