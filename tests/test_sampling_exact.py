@@ -86,13 +86,20 @@ CASES = {  # sampling, draft (index into `models`), K, proposer
     "tree of width 2, top-p target": (SamplingParams(temperature=0.8, top_p=0.9), 1, 3, "tree"),
 }
 
+# decoded 100 at a time as the rows of a batch (each row as alone: test_batch.py), which covers batched
+# sampling too; the others one at a time
+AS_BATCH_ROWS = {
+    "top-k + top-p, close draft", "hotter top-k draft", "greedy draft, sampled min-p target", "n-gram lookup",
+    "heuristic K, close draft",
+}  # fmt: skip
+
 
 @pytest.mark.parametrize("case", CASES)
 def test_distribution_is_the_targets(models, case):
     params, draft_index, k, proposer = CASES[case]
     target = models[0]
     decoder = SpeculativeDecoder(target, models[draft_index], TOKENIZER, proposer=proposer)
-    counts = sampled_counts(decoder, params, k)
+    counts = sampled_counts(decoder, params, k, rows=100 if case in AS_BATCH_ROWS else 1)
     assert chi_square_pvalue(counts, exact_distribution(target, params)) > ALPHA
 
 
@@ -100,7 +107,7 @@ def test_wrong_acceptance_rule_is_caught(models, monkeypatch):
     monkeypatch.setattr(specdecode.step, "accept_sampled", wrong_accept)
     params, draft_index, k, _ = CASES["plain, unrelated draft"]
     decoder = SpeculativeDecoder(models[0], models[draft_index], TOKENIZER)
-    counts = sampled_counts(decoder, params, k)
+    counts = sampled_counts(decoder, params, k, rows=100)
     assert chi_square_pvalue(counts, exact_distribution(models[0], params)) < ALPHA
 
 
