@@ -176,9 +176,18 @@ def exact_distribution(model, sampling: SamplingParams) -> np.ndarray:
     return np.array(out)
 
 
-@pytest.mark.parametrize("proposer", ["draft", "tree"])
-def test_sampling_with_penalties_is_the_targets(small, proposer):
-    sampling = SamplingParams(temperature=1.0, **SMALL_PENALTIES)
+SAMPLING_CASES = {  # rules, proposer
+    "penalties + logit_bias, draft": (SMALL_PENALTIES, "draft"),
+    "penalties + logit_bias, tree": (SMALL_PENALTIES, "tree"),
+    "logit_bias only, draft": (dict(logit_bias={3: 1.5, 5: -2.0}), "draft"),
+    "presence and frequency only, draft": (dict(presence_penalty=1.5, frequency_penalty=-0.5), "draft"),
+}
+
+
+@pytest.mark.parametrize("case", SAMPLING_CASES)
+def test_sampling_with_rules_is_the_targets(small, case):
+    rules, proposer = SAMPLING_CASES[case]
+    sampling = SamplingParams(temperature=1.0, **rules)
     decoder = SpeculativeDecoder(*small, SMALL_TOKENIZER, proposer=proposer)
     counts = sampled_counts(decoder, sampling, 2, rows=ROWS if proposer == "draft" else 1)
     assert chi_square_pvalue(counts, exact_distribution(small[0], sampling)) > ALPHA
