@@ -17,19 +17,11 @@ import llguidance
 import llguidance.hf
 import llguidance.torch
 import xgrammar
+from schemas import PERSON
 from transformers import AutoTokenizer
 
 VOCAB = 151936  # Qwen2.5's logits
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string"},
-        "age": {"type": "integer"},
-        "languages": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["name", "age", "languages"],
-    "additionalProperties": False,
-}
+SCHEMA = PERSON
 ANSWER = '{"name": "John Doe", "age": 30, "languages": ["Python", "JavaScript", "Java"]}'
 
 

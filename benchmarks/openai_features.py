@@ -31,7 +31,7 @@ from pathlib import Path
 import jsonschema
 import openai
 from common import cpu_name, free_port, running_server, write_results
-from structured_output import REQUESTS
+from schemas import REQUESTS
 
 KEY = "openai-features"
 VARIANTS = ["", " Keep it short.", " Be specific.", " Use realistic values.", " Make it unusual."]
