@@ -20,14 +20,14 @@ from specdecode.sampling import SamplingParams
 
 def penalize(
     logits: torch.Tensor,
-    counts: torch.Tensor,
-    seen: torch.Tensor,
+    counts: torch.Tensor | None,
+    seen: torch.Tensor | None,
     sampling: SamplingParams,
 ) -> torch.Tensor:
     """logits [N, V] with logit_bias added, then the repetition penalty (divide a positive logit by it,
     multiply a negative one, for tokens `seen` [N, V] bool in the prompt or the output) and the presence
     and frequency penalties (subtract them once, and once per occurrence, for tokens in the output:
-    `counts` [N, V]), as vLLM and OpenAI define them."""
+    `counts` [N, V]), as vLLM and OpenAI define them. `counts` and `seen` may be None where no penalty is set."""
     if sampling.logit_bias:
         ids = torch.tensor(list(sampling.logit_bias), device=logits.device)
         values = torch.tensor(list(sampling.logit_bias.values()), dtype=logits.dtype, device=logits.device)
@@ -76,9 +76,9 @@ class TokenRules:
 
     def commit(self, tokens: Sequence[int]) -> None:
         """The row committed `tokens`."""
-        for token in tokens:
-            self.counts[token] += 1
-        self.seen[list(tokens)] = True
+        ids = torch.tensor(list(tokens), dtype=torch.long)
+        self.counts.index_put_((ids,), torch.ones(len(ids)), accumulate=True)
+        self.seen[ids] = True
         if self.grammar is not None:
             self.grammar.commit(tokens)
 
@@ -108,14 +108,25 @@ class TokenRules:
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         if self.sampling.changes_logits:
-            rows = torch.tensor([i for i, p in enumerate(prefixes) for _ in p], dtype=torch.long)
-            ids = torch.tensor([t for p in prefixes for t in p], dtype=torch.long)
-            counts = self.counts.to(logits.dtype).expand(len(prefixes), -1).clone()
-            counts.index_put_((rows, ids), torch.ones(len(ids), dtype=logits.dtype), accumulate=True)
-            seen = self.seen.expand(len(prefixes), -1).clone()
-            seen[rows, ids] = True
-            logits = penalize(logits, counts.to(logits.device), seen.to(logits.device), self.sampling)
+            counts, seen = self._counts(prefixes, logits) if self.penalized else (None, None)
+            logits = penalize(logits, counts, seen, self.sampling)
         if self.grammar is not None:
             allowed = self.grammar.allowed(prefixes, logits.shape[-1]).to(logits.device)
             logits = logits.masked_fill(~allowed, -torch.inf)
         return logits
+
+    @property
+    def penalized(self) -> bool:
+        """Whether a penalty is set (logit_bias alone needs no counts)."""
+        s = self.sampling
+        return bool(s.presence_penalty or s.frequency_penalty or s.repetition_penalty != 1.0)
+
+    def _counts(self, prefixes: Sequence[Sequence[int]], logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output counts [N, V], seen in prompt or output [N, V]) after the committed tokens plus each prefix."""
+        rows = torch.tensor([i for i, p in enumerate(prefixes) for _ in p], dtype=torch.long)
+        ids = torch.tensor([t for p in prefixes for t in p], dtype=torch.long)
+        counts = self.counts.to(logits.dtype).expand(len(prefixes), -1).clone()
+        counts.index_put_((rows, ids), torch.ones(len(ids), dtype=logits.dtype), accumulate=True)
+        seen = self.seen.expand(len(prefixes), -1).clone()
+        seen[rows, ids] = True
+        return counts.to(logits.device), seen.to(logits.device)
