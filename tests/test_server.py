@@ -13,7 +13,7 @@ import openai
 import pytest
 from serving import KEY, MODEL, metrics, raw, running_server, send_raw_request
 
-from specdecode import SamplingParams, SpeculativeDecoder
+from specdecode import SamplingParams
 from specdecode.grammar import GrammarSpec
 
 K = 3
@@ -38,12 +38,6 @@ def server(model_dirs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def reference(model_dirs):
-    """The decoder the server runs, loaded the same way, for expected outputs."""
-    return SpeculativeDecoder.from_pretrained(*map(str, model_dirs))
 
 
 def expected(reference, prompt, max_tokens, **sampling):

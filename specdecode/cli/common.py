@@ -106,6 +106,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def model_args(args: argparse.Namespace) -> dict:
+    """The values of `add_model_args`'s arguments in `args` (what `load_decoder` reads)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_model_args(parser)
+    return {action.dest: getattr(args, action.dest) for action in parser._actions}
+
+
 def subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand with the examples and the model arguments every subcommand takes."""
     parser = sub.add_parser(name, help=help, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from specdecode.cli.common import load_decoder, num_speculative_tokens, subcommand
+from specdecode.cli.common import load_decoder, model_args, num_speculative_tokens, subcommand
 from specdecode.server.config import LIMITS
 
 
@@ -36,16 +36,40 @@ def add_parser(sub) -> None:
         action="store_true",
         help="listen beyond this machine (--host) without --api-key; refused without this flag",
     )
+    ray = srv.add_argument_group("Ray Serve (pip install 'specdecode[ray]'): replicas on one machine or a cluster")
+    ray.add_argument("--ray", action="store_true", help="serve replicas of the model on Ray Serve")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="replicas, each with its own model [1]")
+    scale.add_argument(
+        "--autoscale", type=replica_range, metavar="MIN..MAX", help="between MIN and MAX replicas, following load"
+    )
+    ray.add_argument(
+        "--address", help="join this Ray cluster ('auto': the one started on this node); default: start one here"
+    )
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica, = its threads [1]")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (use with --device cuda) [0]")
     limits = srv.add_argument_group("limits (every request and connection is bounded; defaults in brackets)")
     for limit in LIMITS:
         flag, help = "--" + limit.name.replace("_", "-"), limit.metadata["help"]
         limits.add_argument(flag, type=limit.metadata["type"], default=limit.default, help=f"{help} [{limit.default}]")
 
 
+def replica_range(value: str) -> tuple[int, int]:
+    low, sep, high = value.partition("..")
+    try:
+        bounds = int(low), int(high)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected MIN..MAX with 1 <= MIN <= MAX, got {value!r}")
+    return bounds
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
     from specdecode.server import ServerConfig, create_app
+    from specdecode.server.app import warm_up
     from specdecode.server.http import is_loopback, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,12 +80,33 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    dec = load_decoder(args)
     limits = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if f.name != "model_name"}
     config = ServerConfig(model_name=args.served_model_name or Path(args.target.rstrip("/")).name, **limits)
-    print("warming up (kernels, and the auto policy's cost calibration) ...", file=sys.stderr, flush=True)
-    dec.generate("Hello", max_new_tokens=4, num_speculative_tokens=config.num_speculative_tokens)
-    dec.reset()
+    if args.ray:
+        return run_on_ray(args, config)
+    dec = load_decoder(args)
+    warm_up(dec, config.num_speculative_tokens)
     print(f"serving {config.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     serve(create_app(dec, config), args.host, args.port, config.max_connections, config.header_timeout)
+    return 0
+
+
+def run_on_ray(args: argparse.Namespace, config) -> int:
+    try:
+        from specdecode.server.ray_serve import Scaling, application, run
+    except ImportError as err:
+        print(f"error: --ray needs Ray Serve ({err}): pip install 'specdecode[ray]'", file=sys.stderr)
+        return 2
+    load = model_args(args)
+    for name in ("target", "draft"):  # replicas start in another working directory
+        if load[name] and Path(load[name]).exists():
+            load[name] = str(Path(load[name]).resolve())
+    scaling = Scaling(args.replicas, args.autoscale, args.replica_cpus, args.replica_gpus)
+    where = f"{scaling.autoscale[0]}..{scaling.autoscale[1]}" if scaling.autoscale else str(scaling.replicas)
+    print(
+        f"serving {config.model_name!r} on Ray Serve, {where} replicas, http://{args.host}:{args.port}/v1",
+        file=sys.stderr,
+        flush=True,
+    )
+    run(application(load, config, scaling), args.host, args.port, args.address)
     return 0

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from specdecode.engine import SpeculativeDecoder
+from specdecode.engine import NumSpeculativeTokens, SpeculativeDecoder
 from specdecode.logprobs import TokenLogprob
 from specdecode.sampling import SEED_RANGE, NonFiniteLogitsError, SamplingParams
 from specdecode.server.config import ServerConfig
@@ -48,6 +49,13 @@ class Choice:
     finish_reason: str | None = None
     stats: DecodeStats | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+def warm_up(decoder: SpeculativeDecoder, k: NumSpeculativeTokens) -> None:
+    """Build the kernels and calibrate the auto policy's costs before the first request pays for them."""
+    print("warming up (kernels, and the auto policy's cost calibration) ...", file=sys.stderr, flush=True)
+    decoder.generate("Hello", max_new_tokens=4, num_speculative_tokens=k)
+    decoder.reset()
 
 
 def create_app(decoder: SpeculativeDecoder, config: ServerConfig) -> FastAPI:

@@ -110,6 +110,11 @@ class Worker:
             self._wake.notify()
 
     @property
+    def alive(self) -> bool:
+        """Whether the decoding thread is running."""
+        return self._thread.is_alive()
+
+    @property
     def waiting(self) -> int:
         return self.pending - self.running
 
