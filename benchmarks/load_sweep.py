@@ -11,6 +11,8 @@ Servers (--servers, any of):
   k0             `specdecode serve -k 0` (the same batching server, speculation off)
   one-at-a-time  `specdecode serve -k auto` from --old-tree, a checkout of the commit before the
                  batching worker (one request at a time); only at --old-levels
+  ray-1          `specdecode serve -k auto --ray --replicas 1 --replica-cpus 2` (Ray Serve's overhead)
+  ray-2          `specdecode serve -k auto --ray --replicas 2 --replica-cpus 1` (two replicas, a thread each)
   llama          llama.cpp's `llama-server -np 8` (parallel slots) on the target GGUF (--no-repack)
   llama-draft    the same with `--model-draft` (its speculative decoding, --spec-type draft-simple)
 
@@ -41,7 +43,9 @@ from specdecode.bench.workloads import chat
 KEY = "load-sweep"
 REQUESTS = {1: 3, 2: 4, 4: 8, 8: 8, 16: 16}  # per level: at least one round of every stream, two at C <= 4
 ENDPOINTS = {"code": "/v1/completions", "chat": "/v1/chat/completions"}
-SPECDECODE_SERVERS = ("auto", "k0", "one-at-a-time")
+RAY_SERVERS = {"ray-1": ("1", "2"), "ray-2": ("2", "1")}  # replicas, CPUs of each
+SPECDECODE_SERVERS = ("auto", "k0", "one-at-a-time", *RAY_SERVERS)
+ONE_METRICS = ("auto", "k0", "one-at-a-time", "ray-1")  # /metrics is every request's (ray-2: one replica's)
 
 
 def server_command(name: str, args: argparse.Namespace, port: int) -> tuple[list[str], str | None]:
@@ -50,6 +54,9 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> tuple[list
         k = "0" if name == "k0" else "auto"
         command = [sys.executable, "-m", "specdecode", "serve", "--target", args.target, "--draft", args.draft]
         command += ["-k", k, "--port", str(port), "--api-key", KEY, "--served-model-name", "model"]
+        if name in RAY_SERVERS:
+            replicas, cpus = RAY_SERVERS[name]
+            command += ["--ray", "--replicas", replicas, "--replica-cpus", cpus]
         return command, args.old_tree if name == "one-at-a-time" else None
     command = [args.llama_server, "-m", args.target, "-np", "8", "-c", "8192", "-t", str(args.threads)]
     command += ["--port", str(port), "--api-key", KEY, "--alias", "model", "--no-webui"]
@@ -204,9 +211,9 @@ def main() -> int:
                 else:
                     post(base, "/v1/chat/completions", {**warm, "messages": [{"role": "user", "content": prompt}]})
                 for c in [int(c) for c in levels.split(",")]:
-                    before = metrics(base) if server in SPECDECODE_SERVERS else {}
+                    before = metrics(base) if server in ONE_METRICS else {}
                     row = guidellm(args, base, workload, prompts[workload], c, raw / f"{server}-{workload}-{c}.json")
-                    after = metrics(base) if server in SPECDECODE_SERVERS else {}
+                    after = metrics(base) if server in ONE_METRICS else {}
                     k = mean_of(before, after, "specdecode_spec_decode_num_speculative_tokens")
                     batch = mean_of(before, after, "specdecode_batch_rows")
                     row.update(server=server, workload=workload, c=c, max_tokens=args.max_tokens, mean_k=k)

@@ -137,8 +137,8 @@ def run(app: serve.Application, host: str, port: int, address: str | None) -> No
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)  # stop as on Ctrl-C, so that a cluster started here stops too
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    signal.signal(signal.SIGTERM, interrupt)  # stop as on Ctrl-C, so that a cluster started here stops too
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name="specdecode", route_prefix="/", blocking=True)
