@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import RESULTS, free_port, humaneval_prompts, running_server
+from common import RESULTS, free_port, humaneval_prompts, rotated, running_server
 
 from specdecode.bench.machine import cpu_name
 from specdecode.bench.workloads import chat
@@ -133,9 +134,26 @@ def write_prompts(folder: Path, count: int) -> dict[str, Path]:
     return paths
 
 
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per server, workload and C: the median of each number over the repeats."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["server"], row["workload"], row["c"]), []).append(row)
+    merged = []
+    for group in groups.values():
+        row = dict(group[0], repeats=len(group))
+        for key, value in group[0].items():
+            values = [r[key] for r in group]
+            if isinstance(value, int | float) and None not in values and len(set(values)) > 1:
+                row[key] = statistics.median(values)
+        merged.append(row)
+    return merged
+
+
 def render(rows: list[dict], machine: str, command: str) -> str:
     servers = list(dict.fromkeys(r["server"] for r in rows))
     lines = [f"Machine: {machine}; {rows[0]['max_tokens']} greedy tokens per request (ignore_eos).", ""]
+    lines += [f"Medians of {rows[0]['repeats']} runs per server, the servers' order rotated from run to run.", ""]
     lines += [f"`{command}`", ""]
     for workload in dict.fromkeys(r["workload"] for r in rows):
         lines += [f"### {workload}", "", "| C | " + " | ".join(servers) + " |", "|---|" + "---|" * len(servers)]
@@ -195,38 +213,43 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--raw-dir", default=tempfile.gettempdir() + "/load_sweep")
     ap.add_argument("--name", default="load")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of every server, their order rotated; medians")
     args = ap.parse_args()
     raw = Path(args.raw_dir)
     raw.mkdir(parents=True, exist_ok=True)
     prompts = write_prompts(raw, max(REQUESTS.values()))
     rows: list[dict] = []
-    for server in args.servers.split(","):
-        levels = args.old_levels if server == "one-at-a-time" else args.levels
-        with running(server, args, raw / f"{server}.log") as base:
-            for workload in args.workloads.split(","):
-                warm = {"model": "model", "max_tokens": 8, "temperature": 0}
-                prompt = json.loads(prompts[workload].read_text().splitlines()[0])["prompt"]
-                if workload == "code":
-                    post(base, "/v1/completions", {**warm, "prompt": prompt})
-                else:
-                    post(base, "/v1/chat/completions", {**warm, "messages": [{"role": "user", "content": prompt}]})
-                for c in [int(c) for c in levels.split(",")]:
-                    before = metrics(base) if server in ONE_METRICS else {}
-                    row = guidellm(args, base, workload, prompts[workload], c, raw / f"{server}-{workload}-{c}.json")
-                    after = metrics(base) if server in ONE_METRICS else {}
-                    k = mean_of(before, after, "specdecode_spec_decode_num_speculative_tokens")
-                    batch = mean_of(before, after, "specdecode_batch_rows")
-                    row.update(server=server, workload=workload, c=c, max_tokens=args.max_tokens, mean_k=k)
-                    row["mean_batch_rows"] = batch
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+    for repeat in range(args.repeats):
+        for server in rotated(args.servers.split(","), repeat):
+            levels = args.old_levels if server == "one-at-a-time" else args.levels
+            with running(server, args, raw / f"{server}-{repeat}.log") as base:
+                for workload in args.workloads.split(","):
+                    warm = {"model": "model", "max_tokens": 8, "temperature": 0}
+                    prompt = json.loads(prompts[workload].read_text().splitlines()[0])["prompt"]
+                    if workload == "code":
+                        post(base, "/v1/completions", {**warm, "prompt": prompt})
+                    else:
+                        post(base, "/v1/chat/completions", {**warm, "messages": [{"role": "user", "content": prompt}]})
+                    for c in [int(c) for c in levels.split(",")]:
+                        before = metrics(base) if server in ONE_METRICS else {}
+                        row = guidellm(
+                            args, base, workload, prompts[workload], c, raw / f"{server}-{workload}-{c}-{repeat}.json"
+                        )
+                        after = metrics(base) if server in ONE_METRICS else {}
+                        k = mean_of(before, after, "specdecode_spec_decode_num_speculative_tokens")
+                        batch = mean_of(before, after, "specdecode_batch_rows")
+                        row.update(server=server, workload=workload, c=c, max_tokens=args.max_tokens, mean_k=k)
+                        row["repeat"] = repeat
+                        row["mean_batch_rows"] = batch
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
     command = "python benchmarks/load_sweep.py " + " ".join(sys.argv[1:])
     machine = f"{cpu_name()}, {args.threads} threads"
     (RESULTS / f"{args.name}.json").write_text(
         json.dumps({"machine": machine, "command": command, "rows": rows}, indent=1)
     )
-    (RESULTS / f"{args.name}.md").write_text(render(rows, machine, command))
-    plot(rows, RESULTS / f"{args.name}.png")
+    (RESULTS / f"{args.name}.md").write_text(render(medians(rows), machine, command))
+    plot(medians(rows), RESULTS / f"{args.name}.png")
     return 0
 
 
