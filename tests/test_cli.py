@@ -101,7 +101,7 @@ def test_rules_grammar_and_logprobs(model_dirs):
 
 
 def test_missing_model_exits_with_a_message():
-    proc = run_process("generate", "--target", "/nonexistent/t", "--prompt", "x")
+    proc = run("generate", "--target", "/nonexistent/t", "--prompt", "x")
     assert proc.returncode == 2 and "no such model folder" in proc.stderr
 
 

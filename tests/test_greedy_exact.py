@@ -91,7 +91,7 @@ def test_tree_proposer_is_identical_and_takes_other_branches(decoder, width, mon
     monkeypatch.setattr(specdecode.step, "accept_tree_greedy", spy)
     for prompt in PROMPTS:
         baseline = decoder.generate(prompt, max_new_tokens=40, num_speculative_tokens=0, ignore_eos=True)
-        for k in (1, 3, 5, "auto"):
+        for k in (1, 5, "auto"):
             out = tree.generate(prompt, max_new_tokens=40, num_speculative_tokens=k, ignore_eos=True)
             assert out.token_ids == baseline.token_ids, f"K={k}"
     assert any(path and path[0] != 0 for path in paths)  # a branch other than the draft's first choice won
