@@ -3,15 +3,14 @@ and raw HTTP through Ray's proxy."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.request
 
 import openai
 import pytest
-from serving import KEY, MODEL, free_port, raw
-from test_server import BAD, LIMITS, PROMPT, K, expected
+from serving import KEY, MODEL, free_port
+from test_server import BAD, LIMITS, PROMPT, K, assert_clear_error, expected
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -19,7 +18,7 @@ from ray import serve  # noqa: E402
 from specdecode.cli import build_parser  # noqa: E402
 from specdecode.cli.common import model_args  # noqa: E402
 from specdecode.server import ServerConfig  # noqa: E402
-from specdecode.server.ray_serve import Scaling, application  # noqa: E402
+from specdecode.server.ray_serve import Scaling, application, deployment_options  # noqa: E402
 
 REPLICAS = 2
 
@@ -124,11 +123,7 @@ def test_every_replicas_metrics_reach_rays_metrics_port(server, client):
 @pytest.mark.parametrize("case", BAD)
 def test_errors_are_those_of_specdecode_serve(server, case):
     """The same statuses and error bodies as the standalone server's (tests/test_server.py)."""
-    path, body, key, status = BAD[case]
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    got, reply = raw(server, path, data, key=key, method="GET" if body is None else "POST")
-    assert got == status, reply
-    assert set(reply) == {"error"} and reply["error"]["message"] and "Traceback" not in reply["error"]["message"]
+    assert_clear_error(server, case)
 
 
 def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_answered_twice(server, client, reference):
@@ -183,3 +178,14 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost_or_answered_twice(s
     assert set(replicas()) != set(before)
     after = [client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0) for _ in range(4)]
     assert all(reply.choices[0].text == want[: len(reply.choices[0].text)] for reply in after)
+
+
+def test_scaling_flags_become_the_deployments_options():
+    config = ServerConfig(model_name=MODEL, max_pending=12, max_batch_rows=8)
+    fixed = deployment_options(config, Scaling(replicas=3, cpus=4, gpus=1))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 4, "num_gpus": 1}
+    assert fixed["max_ongoing_requests"] == fixed["max_queued_requests"] == 12
+    scaled = deployment_options(config, Scaling(autoscale=(1, 4)))
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}

@@ -253,13 +253,18 @@ BAD = {  # name -> (path, body, key, expected status)
 }
 
 
-@pytest.mark.parametrize("case", BAD)
-def test_bad_input_gets_a_clear_error(server, case):
+def assert_clear_error(server, case: str) -> None:
+    """BAD[case] sent to `server` gets its status and an OpenAI error object without a traceback."""
     path, body, key, status = BAD[case]
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     got, reply = raw(server, path, data, key=key, method="GET" if body is None else "POST")
     assert got == status, reply
     assert set(reply) == {"error"} and reply["error"]["message"] and "Traceback" not in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_gets_a_clear_error(server, case):
+    assert_clear_error(server, case)
 
 
 def test_logprobs_are_the_decoders(client, reference):

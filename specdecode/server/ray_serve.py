@@ -107,8 +107,8 @@ class Replica:
             raise RuntimeError("the decoding thread has stopped")
 
 
-def application(load: dict, config: ServerConfig, scaling: Scaling) -> serve.Application:
-    """The Ray Serve application: `Replica`s of the decoder described by `load`, served as `config` says."""
+def deployment_options(config: ServerConfig, scaling: Scaling) -> dict:
+    """The Ray Serve deployment's options: replicas or autoscaling, resources, queue bounds, health checks."""
     options: dict = {
         "ray_actor_options": {"num_cpus": scaling.cpus, "num_gpus": scaling.gpus},
         "max_ongoing_requests": config.max_pending,  # as `--max-pending` bounds one server
@@ -125,7 +125,13 @@ def application(load: dict, config: ServerConfig, scaling: Scaling) -> serve.App
             "max_replicas": high,
             "target_ongoing_requests": config.max_batch_rows,
         }
+    return options
+
+
+def application(load: dict, config: ServerConfig, scaling: Scaling) -> serve.Application:
+    """The Ray Serve application: `Replica`s of the decoder described by `load`, served as `config` says."""
     threads = max(1, int(scaling.cpus))
+    options = deployment_options(config, scaling)
     return serve.deployment(Replica, name="specdecode", **options).bind(load, config, threads)
 
 
