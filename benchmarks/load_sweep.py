@@ -46,7 +46,7 @@ REQUESTS = {1: 3, 2: 4, 4: 8, 8: 8, 16: 16}  # per level: at least one round of 
 ENDPOINTS = {"code": "/v1/completions", "chat": "/v1/chat/completions"}
 RAY_SERVERS = {"ray-1": ("1", "2"), "ray-2": ("2", "1")}  # replicas, CPUs of each
 SPECDECODE_SERVERS = ("auto", "k0", "one-at-a-time", *RAY_SERVERS)
-ONE_METRICS = ("auto", "k0", "one-at-a-time", "ray-1")  # /metrics is every request's (ray-2: one replica's)
+ONE_METRICS = tuple(s for s in SPECDECODE_SERVERS if s != "ray-2")  # ray-2's /metrics: one replica's requests
 
 
 def server_command(name: str, args: argparse.Namespace, port: int) -> tuple[list[str], str | None]:

@@ -231,6 +231,7 @@ def test_a_missing_optional_piece_is_one_line_naming_its_install_command(monkeyp
         (["--autoscale", "3..1"], "expected MIN..MAX with 1 <= MIN <= MAX, got '3..1'"),
         (["--autoscale", "2"], "expected MIN..MAX"),
         (["--replicas", "2", "--autoscale", "1..2"], "not allowed with argument"),
+        (["--replicas", "0"], "expected an integer of at least 1, got '0'"),
     ],
 )
 def test_bad_ray_scaling_is_refused_by_the_parser(model_dirs, flags, message):

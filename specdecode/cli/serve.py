@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     ray = srv.add_argument_group("Ray Serve (pip install 'specdecode[ray]'): replicas on one machine or a cluster")
     ray.add_argument("--ray", action="store_true", help="serve replicas of the model on Ray Serve")
     scale = ray.add_mutually_exclusive_group()
-    scale.add_argument("--replicas", type=int, default=1, help="replicas, each with its own model [1]")
+    scale.add_argument("--replicas", type=at_least_one, default=1, help="replicas, each with its own model [1]")
     scale.add_argument(
         "--autoscale", type=replica_range, metavar="MIN..MAX", help="between MIN and MAX replicas, following load"
     )
@@ -52,6 +52,12 @@ def add_parser(sub) -> None:
     for limit in LIMITS:
         flag, help = "--" + limit.name.replace("_", "-"), limit.metadata["help"]
         limits.add_argument(flag, type=limit.metadata["type"], default=limit.default, help=f"{help} [{limit.default}]")
+
+
+def at_least_one(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {value!r}")
+    return int(value)
 
 
 def replica_range(value: str) -> tuple[int, int]:
