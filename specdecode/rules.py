@@ -75,10 +75,11 @@ class TokenRules:
         self.seen[list(prompt)] = True
 
     def commit(self, tokens: Sequence[int]) -> None:
-        """The row committed `tokens`."""
-        ids = torch.tensor(list(tokens), dtype=torch.long)
-        self.counts.index_put_((ids,), torch.ones(len(ids)), accumulate=True)
-        self.seen[ids] = True
+        """The row committed `tokens` (counted only where a penalty reads the counts)."""
+        if self.penalized:
+            ids = torch.tensor(list(tokens), dtype=torch.long)
+            self.counts.index_put_((ids,), torch.ones(len(ids)), accumulate=True)
+            self.seen[ids] = True
         if self.grammar is not None:
             self.grammar.commit(tokens)
 
