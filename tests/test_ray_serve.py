@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from specdecode.cli import build_parser  # noqa: E402
-from specdecode.cli.common import model_args  # noqa: E402
+from specdecode.cli.common import decoder_options  # noqa: E402
 from specdecode.server import ServerConfig  # noqa: E402
 from specdecode.server.ray_serve import Scaling, application, deployment_options  # noqa: E402
 
@@ -58,7 +58,7 @@ def server(model_dirs):
     )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(model_args(args), config, Scaling(replicas=REPLICAS)), name="specdecode")
+        serve.run(application(decoder_options(args), config, Scaling(replicas=REPLICAS)), name="specdecode")
         wait_for_replicas(REPLICAS)
         yield {"base": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     finally:

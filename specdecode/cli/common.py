@@ -106,13 +106,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def model_args(args: argparse.Namespace) -> dict:
-    """The values of `add_model_args`'s arguments in `args` (what `load_decoder` reads)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_model_args(parser)
-    return {action.dest: getattr(args, action.dest) for action in parser._actions}
-
-
 def subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand with the examples and the model arguments every subcommand takes."""
     parser = sub.add_parser(name, help=help, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,11 +113,11 @@ def subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
-    print("loading models ...", file=sys.stderr, flush=True)
-    return SpeculativeDecoder.from_pretrained(
-        args.target,
-        args.draft,
+def decoder_options(args: argparse.Namespace) -> dict:
+    """`SpeculativeDecoder.from_pretrained`'s arguments from the model flags."""
+    return dict(
+        target=args.target,
+        draft=args.draft,
         dtype=args.dtype,
         draft_dtype=args.draft_dtype,
         draft_layers=args.draft_layers,
@@ -140,3 +133,8 @@ def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
         ngram_min=args.ngram_min,
         tree_width=args.tree_width,
     )
+
+
+def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
+    print("loading models ...", file=sys.stderr, flush=True)
+    return SpeculativeDecoder.from_pretrained(**decoder_options(args))

@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from specdecode.cli.common import load_decoder, model_args, num_speculative_tokens, subcommand
+from specdecode.cli.common import decoder_options, load_decoder, num_speculative_tokens, subcommand
 from specdecode.server.config import LIMITS
 
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 def run_on_ray(args: argparse.Namespace, config) -> int:
     from specdecode.server.ray_serve import Scaling, application, run  # an ImportError names specdecode[ray]
 
-    load = model_args(args)
+    load = decoder_options(args)
     for name in ("target", "draft"):  # replicas start in another working directory
         if load[name] and Path(load[name]).exists():
             load[name] = str(Path(load[name]).resolve())

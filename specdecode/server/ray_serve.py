@@ -10,7 +10,6 @@ decoding thread stops (`check_health`). A replica's metrics go to Ray's metrics 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from ray import serve
 from ray.serve import metrics as ray_metrics
 
+from specdecode.engine import SpeculativeDecoder
 from specdecode.server.app import create_app, warm_up
 from specdecode.server.config import ServerConfig
 
@@ -75,15 +75,13 @@ class RayMetrics:
 
 @serve.ingress()
 class Replica:
-    """One replica: a decoder loaded from `load` (the `specdecode serve` model arguments) and the app."""
+    """One replica: a decoder loaded with `load` (`SpeculativeDecoder.from_pretrained`'s arguments) and the app."""
 
     def __init__(self, load: dict, config: ServerConfig, threads: int) -> None:
         import torch
 
-        from specdecode.cli.common import load_decoder
-
         torch.set_num_threads(threads)
-        self.decoder = load_decoder(argparse.Namespace(**load))
+        self.decoder = SpeculativeDecoder.from_pretrained(**load)
         warm_up(self.decoder, config.num_speculative_tokens)
         self.config = config
 
@@ -129,7 +127,8 @@ def deployment_options(config: ServerConfig, scaling: Scaling) -> dict:
 
 
 def application(load: dict, config: ServerConfig, scaling: Scaling) -> serve.Application:
-    """The Ray Serve application: `Replica`s of the decoder described by `load`, served as `config` says."""
+    """The Ray Serve application: `Replica`s of the decoder `load` describes (`from_pretrained`'s arguments),
+    served as `config` says."""
     threads = max(1, int(scaling.cpus))
     options = deployment_options(config, scaling)
     return serve.deployment(Replica, name="specdecode", **options).bind(load, config, threads)
