@@ -1,15 +1,13 @@
 """A verification path whose cost for 2..16 tokens is close to the one-token cost, on a CPU.
 
-Stock `F.linear` over a few rows costs 2-3x one row on this kind of CPU (the matrix code, not the
-memory, sets the cost; see docs/benchmarks.md). `small_rows_linear` (csrc/small_rows_linear.cpp,
+Stock `F.linear` over a few rows costs 2-3x one row on a CPU (the matrix code, not the memory, sets
+the cost). `small_rows_linear` (csrc/small_rows_linear.cpp,
 built on first use with the machine's compiler, AVX-512 or AVX2) reads the weights packed in panels
 of PW outputs (`pack`): one contiguous load gives PW outputs' weights for one input, widened to
 float32 in registers and multiplied by each row's input, so each weight is read once for all rows
 and the inputs stay in L1 (bfloat16 rows against bfloat16 weights, where the CPU has AVX512_BF16:
 two inputs a step through its bfloat16 dot product). `use_small_rows_linears(model)` routes every
-projection through it, for any number of rows (measured against PyTorch on the 1.5B model's shapes,
-2 threads: bfloat16 3-4x faster from 8 rows on; float32 as fast up to 64 rows, 15-30% slower for a
-200-token prefill).
+projection through it, for any number of rows.
 The packed weights replace the layer's own (a tied output projection keeps the embedding too); the
 parameters left (embeddings, norms) are copied out of the checkpoint's memory map (`_release_checkpoint`).
 """
@@ -135,10 +133,6 @@ class SmallRowsLinear(nn.Module):
         packed, scale = pack(linear.weight, quantization)
         self.register_buffer("weight", packed)
         self.register_buffer("scale", scale)
-
-    def dense_weight(self) -> torch.Tensor:
-        """The [out, in] float32 matrix this layer multiplies by (dequantized if stored quantized)."""
-        return unpack(self.weight, self.scale, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)

@@ -8,11 +8,11 @@
 // (bfloat16 rows against bfloat16 or int8 weights on a CPU with AVX512_BF16: one dot-product instruction
 // per pair of inputs, int8 weights widened exactly to bfloat16), whatever n and whatever the blocking:
 // verifying n tokens gives bit-identical projections to decoding them one at a time. The pair instruction
-// halves the arithmetic of many-row passes (a 118-token prefill's projections 1.8x faster on an AMD EPYC with
-// bfloat16 weights, 1.45x with int8; one row, bound by reading the weights, unchanged).
+// halves the arithmetic of many-row passes (prompt passes gain most; one row is bound by reading the
+// weights and gains nothing).
 // A tile streams NP panels at once (NP separate runs of memory): with 512-bit vectors a panel is one vector
-// wide, so that even 8 rows' tile (24 accumulators) reads 3 streams; one 3-vector panel a tile, its own
-// single stream, made 8-row passes 3-20% slower (measured on Qwen2.5-1.5B's shapes, 2 threads).
+// wide, so that even 8 rows' tile (24 accumulators) reads 3 streams, which the hardware prefetchers follow
+// better than one panel three vectors wide.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
