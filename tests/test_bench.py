@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 
@@ -146,6 +147,9 @@ def test_bench_writes_every_output_and_rerenders_from_results(long_context_model
             assert f"## {w}, temperature {t}\n" in report
     for m in methods:
         assert f"| {m} |" in report
+    assert "| workload | T | target-only tok/s | " + " | ".join(methods[1:]) + " |" in report  # the summary
+    for w in workloads:  # greedy: every method identical on the one prompt
+        assert re.search(rf"\| {w} \| 0 \| [0-9.]+ \| " + " \\| ".join([r"[0-9.]+x \(1/1\)"] * 6), report), w
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name})" in report
@@ -191,6 +195,7 @@ def test_report_compares_time_per_token_and_prefixes_when_a_run_stops_at_eos():
                 "wall_s": wall, "new_tokens": len(tokens), "token_ids": tokens, "stats": None}  # fmt: skip
 
     results = {
+        "settings": {"methods": ["baseline", "fast"]},
         "cost_curve_s": {"1": 0.1},
         "runs": [
             run("baseline", 8.0, [1, 2, 3, 4]), run("fast", 2.0, [1, 2]),
@@ -218,7 +223,7 @@ def test_report_bound_counts_the_draft_time_of_every_run():
     plain = {**chain, "drafted": 0, "accepted": 0, "target_passes": 30, "draft_passes": 0, "drafted_at": [],
              "accepted_at": [], "draft_s": 0.0}  # fmt: skip
     runs = [run("baseline", plain, 0), run("chain", chain, 0), run("baseline", plain, 1), run("chain", chain, 1)]
-    results = {"cost_curve_s": {"1": 0.2, "3": 0.3}, "runs": runs}
+    results = {"settings": {"methods": ["baseline", "chain"]}, "cost_curve_s": {"1": 0.2, "3": 0.3}, "runs": runs}
     rows = {r.method: r for r in summarize(results)}
     assert rows["chain"].bound == pytest.approx(3 * 0.2 / (0.1 + 0.3))
 

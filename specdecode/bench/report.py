@@ -57,10 +57,15 @@ def _find(rows: Sequence[Row], workload: str, method: str, temperature: float) -
 
 
 def summarize(results: dict) -> list[Row]:
-    """A row per (workload, temperature, method), in run order."""
+    """A row per (workload, temperature, method): workloads and temperatures in run order, methods in
+    the order given (runs rotate it)."""
     curve = {int(n): s for n, s in results["cost_curve_s"].items()}
+    methods = {m: i for i, m in enumerate(results["settings"]["methods"])}
+    cases = list(dict.fromkeys((r["workload"], r["temperature"]) for r in results["runs"]))
     groups: dict[tuple, list[dict]] = {}
-    for run in results["runs"]:
+    for run in sorted(
+        results["runs"], key=lambda r: (cases.index((r["workload"], r["temperature"])), methods[r["method"]])
+    ):
         groups.setdefault((run["workload"], run["temperature"], run["method"]), []).append(run)
     rows = []
     for (workload, temperature, method), runs in groups.items():
@@ -140,6 +145,8 @@ def render_markdown(results: dict, rows: Sequence[Row]) -> str:
         "",
         f"Command: `{results['command']}`" if results.get("command") else "",
         "",
+        "Every run's raw numbers: [results.json](results.json).",
+        "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
         + f"; Python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}, "
@@ -174,6 +181,7 @@ def render_markdown(results: dict, rows: Sequence[Row]) -> str:
         "| ms | " + " | ".join(f"{1000 * curve[n]:.0f}" for n in sorted(curve)) + " |",
         "| x t(1) | " + " | ".join(f"{curve[n] / curve[1]:.2f}" for n in sorted(curve)) + " |",
     ]
+    lines += ["", *summary_table(rows)]
     for skip in results["skipped"]:
         what = skip.get("method") or f"{skip['workload']} prompt {skip['prompt'] + 1}"
         lines += ["", f"Skipped: **{what}**: {skip['reason']}."]
@@ -217,6 +225,29 @@ def render_markdown(results: dict, rows: Sequence[Row]) -> str:
                 )
     lines += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in PLOTS]
     return "\n".join(lines) + "\n"
+
+
+def summary_table(rows: Sequence[Row]) -> list[str]:
+    """One line per (workload, temperature): the baseline's tok/s and every other method's speedup
+    (greedy: with how many of its outputs are identical to the baseline's)."""
+    methods = list(dict.fromkeys(r.method for r in rows if r.method != BASELINE))
+    lines = [
+        "Speedup over target-only decoding (geometric mean over prompts; greedy: outputs identical to "
+        "target-only / runs):",
+        "",
+        "| workload | T | target-only tok/s | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for workload, temperature in dict.fromkeys((r.workload, r.temperature) for r in rows):
+        base = _find(rows, workload, BASELINE, temperature)
+        cells = []
+        for method in methods:
+            r = _find(rows, workload, method, temperature)
+            same = f" ({r.identical[0]}/{r.identical[1]})" if r is not None and r.identical else ""
+            cells.append(f"{r.speedup.estimate:.2f}x{same}" if r is not None else "-")
+        tok_s = f"{base.tokens_per_s.estimate:.1f}" if base is not None else "-"
+        lines.append(f"| {workload} | {temperature:g} | {tok_s} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(results: dict, rows: Sequence[Row], out: Path) -> list[Path]:
