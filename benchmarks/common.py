@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts share: where models and results are, writing results, the HumanEval
+"""Helpers the benchmark scripts share: where results go, writing results, the HumanEval
 prompts, rotated method orders."""
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from specdecode.bench.machine import cpu_name  # noqa: F401 (for the scripts)
-
-MODELS = Path(os.environ.get("SPECDECODE_MODELS", Path.home() / ".cache" / "specdecode-models"))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 

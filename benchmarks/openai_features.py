@@ -30,8 +30,10 @@ from pathlib import Path
 
 import jsonschema
 import openai
-from common import cpu_name, free_port, running_server, write_results
+from common import free_port, running_server, write_results
 from schemas import REQUESTS
+
+from specdecode.bench.machine import cpu_name
 
 KEY = "openai-features"
 VARIANTS = ["", " Keep it short.", " Be specific.", " Use realistic values.", " Make it unusual."]

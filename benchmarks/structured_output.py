@@ -18,10 +18,11 @@ import sys
 import time
 
 import jsonschema
-from common import cpu_name, rotated, write_results
+from common import rotated, write_results
 from schemas import REQUESTS
 
 from specdecode import SamplingParams, SpeculativeDecoder
+from specdecode.bench.machine import cpu_name
 from specdecode.grammar import GrammarSpec
 
 MODES = {  # name -> (K, grammar on, forced tokens as guesses)

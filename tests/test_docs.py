@@ -1,12 +1,22 @@
-"""The README and docs render: every table a Markdown parser sees is the table written, and the README stays short."""
+"""The README and docs render: every table a Markdown parser sees is the table written, the README stays
+short, every local link resolves, and every results file is linked from a page."""
 
+import re
 from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+RESULTS = [ROOT / "docs" / "results", ROOT / "docs" / "bench"]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def local_links(page: Path) -> set[Path]:
+    """Files a page links to or embeds by a relative path (anchors dropped)."""
+    targets = (m.group(1).split("#")[0] for m in LINK.finditer(page.read_text()))
+    return {(page.parent / t).resolve() for t in targets if t and "://" not in t}
 
 
 def written_tables(text: str) -> list[int]:
@@ -41,6 +51,20 @@ def parsed_tables(text: str) -> list[int]:
 def test_every_table_renders_whole(page):
     text = page.read_text()
     assert parsed_tables(text) == written_tables(text), f"{page.name}: a table is split or does not parse"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_local_link_resolves(page):
+    missing = sorted(str(t.relative_to(ROOT)) for t in local_links(page) if not t.exists())
+    assert not missing, f"{page.name} links to files that do not exist: {missing}"
+
+
+def test_every_results_file_is_linked():
+    """docs/results and docs/bench hold only what a page links (results.json from its report)."""
+    linked = set().union(*(local_links(p) for p in PAGES))
+    files = [f.resolve() for folder in RESULTS for f in folder.rglob("*") if f.is_file()]
+    orphans = sorted(str(f.relative_to(ROOT)) for f in files if f not in linked)
+    assert not orphans, f"results no page links: {orphans}"
 
 
 def test_the_readme_is_short():
