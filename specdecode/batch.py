@@ -95,7 +95,9 @@ class BatchDecoder:
         chains = proposer is None or isinstance(proposer, DraftModelProposer | NgramProposer)
         self.own_caches = dec.target.decoder is not None or not chains
         # a compiled draft guesses for each row what it would alone, in its own fork (shared passes)
-        self.own_proposers = self.own_caches or getattr(getattr(proposer, "draft", None), "decoder", None) is not None
+        self.own_proposers = proposer is not None and (
+            self.own_caches or getattr(getattr(proposer, "draft", None), "decoder", None) is not None
+        )
         if self.own_caches:
             self.verifier, self.proposing, self.ragged = OWN_CACHES, OWN_PROPOSERS, []
         else:

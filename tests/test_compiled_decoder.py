@@ -183,3 +183,13 @@ def test_batches_of_a_compiled_target_are_each_row_alone(model_dirs, proposer):
     batch.step()
     batch.add(prompts[2], 20, SamplingParams(), ignore_eos=True, index=1)
     assert [r.token_ids for r in batch.run()] == [plain[0], plain[2]]
+
+
+def test_a_compiled_target_without_a_drafter_decodes_batches(model_dirs):
+    """No draft model and no proposer: a batch of a compiled target is plain decoding, each row alone."""
+    target_dir, _ = model_dirs
+    dec = SpeculativeDecoder.from_pretrained(str(target_dir), quantization="int8")
+    assert dec.proposer is None and dec.target.decoder is not None
+    prompts = ["def f(x):", "print(1, 2) = 3\nfor i in range(10):"]
+    plain = [dec.generate(p, 12, num_speculative_tokens=0, ignore_eos=True).token_ids for p in prompts]
+    assert [r.token_ids for r in dec.generate(prompts, 12, num_speculative_tokens=0, ignore_eos=True)] == plain
