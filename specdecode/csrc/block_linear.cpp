@@ -21,6 +21,7 @@
 // - float32 rows (elsewhere): the codes are decoded to float32 vectors, one
 //   fused multiply-add an input.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <cpuid.h>
 
 #include <algorithm>
@@ -33,7 +34,6 @@
 #include <vector>
 
 #include "kernels.h"
-#include "parallel.h"
 #include "simd.h"
 
 namespace specdecode {
@@ -371,7 +371,7 @@ void block_kernel(int64_t n, const X* x, const float* xsum, const float* xscale,
   const int np = tile_panels<X>(int(std::min<int64_t>(n, GROUP)), std::make_integer_sequence<int, 9>{});
   const int64_t sb_bytes = w.superblock / w.step * w.step_bytes;
   const int64_t chunk = n <= GROUP ? superblocks : std::max<int64_t>(1, CHUNK_BYTES / (np * sb_bytes));
-  parallel_pieces((panels + np - 1) / np, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (panels + np - 1) / np, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(n * np * PW);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t p = b * np;

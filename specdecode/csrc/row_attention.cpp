@@ -4,11 +4,11 @@
 // S positions). Its result depends on its query, those keys and their values only, computed in one fixed order
 // of operations, so a prompt pass, a verify pass, a tree pass and a one-token step give the same bits.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "parallel.h"
 #include "simd.h"
 
 using namespace specdecode;
@@ -125,7 +125,7 @@ void attend_rows(const float* query, const float* key, const float* value, int64
                  int64_t n, int64_t heads, int64_t kv_heads, int64_t d, int64_t keys, const bool* see, float scaling,
                  float* out) {
   const int64_t group = heads / kv_heads;
-  parallel_pieces(batch * n * kv_heads, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * n * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> seen;
     std::vector<float> p;
     for (int64_t task = begin; task < end; ++task) {

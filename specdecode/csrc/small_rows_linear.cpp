@@ -14,13 +14,13 @@
 // wide, so that even 8 rows' tile (24 accumulators) reads 3 streams, which the hardware prefetchers follow
 // better than one panel three vectors wide.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <algorithm>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "kernels.h"
-#include "parallel.h"
 #include "simd.h"
 
 namespace {
@@ -183,7 +183,7 @@ void panels_kernel(int64_t n, const Input<Weights>* x, const Weights& w, const f
   const int np = TILE_PANELS[std::min<int64_t>(n, GROUP)];  // panels a parallel block (and a tile of GROUP rows)
   const int64_t chunk =
       n <= GROUP ? in : int64_t(CHUNK_BYTES / (np * PW * Weights::BYTES_PER_WEIGHT)) / Weights::STEP * Weights::STEP;
-  parallel_pieces((panels + np - 1) / np, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (panels + np - 1) / np, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(n * np * PW);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t p = b * np;
