@@ -75,3 +75,10 @@ def test_a_split_table_is_caught():
     """Negative control: a blank line inside a table leaves its second half as plain text."""
     split = "| a | b |\n|---|---|\n| 1 | 2 |\n\n| 3 | 4 |\n| 5 | 6 |\n"
     assert parsed_tables(split) != written_tables(split)
+
+
+def test_a_link_to_a_missing_file_is_caught(tmp_path):
+    """Negative control: a relative link counts (anchors dropped), web addresses and bare anchors do not."""
+    page = tmp_path / "page.md"
+    page.write_text("[a](gone.md#part) [b](https://example.com/x.md) [c](#top) ![d](plots/p.png)\n")
+    assert local_links(page) == {(tmp_path / "gone.md").resolve(), (tmp_path / "plots" / "p.png").resolve()}
