@@ -191,8 +191,8 @@ def check_text(name: str, text: str) -> None:
 
 def check_finite(logits: torch.Tensor, who: str = "model") -> None:
     """Raise NonFiniteLogitsError unless every row [..., V] is usable for sampling."""
-    if bool(torch.isfinite(logits).all()):
-        return
+    if bool(torch.isfinite(logits.sum())) or bool(torch.isfinite(logits).all()):
+        return  # usually one reduction: a NaN or an infinity makes the sum non-finite (an overflow falls through)
     if bool(torch.isnan(logits).any()):
         raise NonFiniteLogitsError(f"the {who} produced NaN logits (check the weights and dtype)")
     if bool(torch.isposinf(logits).any()):

@@ -155,6 +155,22 @@ def test_nan_logits(broken):
         dec.generate("abc", 5, num_speculative_tokens=2, sampling=SamplingParams(temperature=1.0, seed=0))
 
 
+def test_check_finite_decides_on_every_value():
+    """The one-reduction fast path: finite logits whose sum overflows pass; one NaN, +inf, or a row of
+    -inf among finite values is caught; -inf in part of a row (a mask) passes."""
+    from specdecode.sampling import check_finite
+
+    check_finite(torch.full((2, 8), 3e38))  # the sum is inf, every value finite
+    check_finite(torch.tensor([[0.0, float("-inf"), 1.0]]))
+    for bad, why in ((float("nan"), "NaN"), (float("inf"), "[+]inf")):
+        logits = torch.zeros(3, 5)
+        logits[1, 2] = bad
+        with pytest.raises(NonFiniteLogitsError, match=why):
+            check_finite(logits)
+    with pytest.raises(NonFiniteLogitsError):
+        check_finite(torch.tensor([[0.0, 1.0], [float("-inf"), float("-inf")]]))
+
+
 def test_models_on_different_devices():
     draft = make_model("llama", V, 1).to("meta")
     with pytest.raises(IncompatibleModelsError, match="different devices"):
