@@ -72,7 +72,7 @@ DRAFT_DECODERS = ("compiled", "modules")
 TARGET_DECODERS = ("auto", "compiled", "modules")
 GGUF_MODES = ("auto", "blocks", "dequantize")
 # A guess reads the draft's weights once: int8 halves what bfloat16 reads and, unlike int4, needs no
-# unpacking in the inner loop, so it is the fastest draft format on the small-rows kernels.
+# unpacking in the inner loop.
 AUTO_DRAFT_QUANTIZATION = "int8"
 
 

@@ -61,11 +61,11 @@ def summarize(results: dict) -> list[Row]:
     the order given (runs rotate it)."""
     curve = {int(n): s for n, s in results["cost_curve_s"].items()}
     methods = {m: i for i, m in enumerate(results["settings"]["methods"])}
-    cases = list(dict.fromkeys((r["workload"], r["temperature"]) for r in results["runs"]))
+    cases: dict[tuple, int] = {}  # (workload, temperature) -> its place in run order
+    for r in results["runs"]:
+        cases.setdefault((r["workload"], r["temperature"]), len(cases))
     groups: dict[tuple, list[dict]] = {}
-    for run in sorted(
-        results["runs"], key=lambda r: (cases.index((r["workload"], r["temperature"])), methods[r["method"]])
-    ):
+    for run in sorted(results["runs"], key=lambda r: (cases[r["workload"], r["temperature"]], methods[r["method"]])):
         groups.setdefault((run["workload"], run["temperature"], run["method"]), []).append(run)
     rows = []
     for (workload, temperature, method), runs in groups.items():
